@@ -1,0 +1,50 @@
+export {
+  TinyServeError,
+  ConfigError,
+  RequestValidationError,
+  ModelLoadError,
+  CorruptModelFileError,
+  UnsupportedModelError,
+  TokenizerError,
+  BackendUnavailableError,
+  OutOfPagesError,
+  OverloadedError,
+  CancelledError,
+  NotFoundError,
+  PluginError,
+  RegistryError,
+} from './errors.js';
+export type { TinyServeErrorCode } from './errors.js';
+export { Registry } from './registry.js';
+export {
+  DEFAULT_CONFIG,
+  CONFIG_FIELDS,
+  resolveConfig,
+  resolveConfigFromRecord,
+  snakeToCamel,
+} from './config.js';
+export type { TinyServeConfig, KvCacheDtype, ModelType, EntropySource, PluginErrorMode } from './config.js';
+export type {
+  Architecture,
+  SafetensorsDtype,
+  ModelConfig,
+  TensorData,
+  GenerationDefaults,
+  StreamDecoder,
+  EncodeOptions,
+  DecodeOptions,
+  Tokenizer,
+  LoadedModel,
+} from './model-types.js';
+export type {
+  ForwardParams,
+  ForwardResult,
+  AttentionStats,
+  StepSelectionStats,
+  ExecutorOptions,
+  SelectionConfig,
+  Executor,
+  CopyTokensParams,
+  ExecutorFactory,
+} from './executor-types.js';
+export type { Priority, FinishReason, TinyServeRequest, Usage, TinyServeResponse, StreamEvent } from './request-types.js';
