@@ -48,3 +48,14 @@ export type {
   ExecutorFactory,
 } from './executor-types.js';
 export type { Priority, FinishReason, TinyServeRequest, Usage, TinyServeResponse, StreamEvent } from './request-types.js';
+export type {
+  RequestHookInfo,
+  LogitsHookContext,
+  TokenHookContext,
+  TokenDecision,
+  PruneHookInfo,
+  FinishHookContext,
+  EngineHooks,
+} from './plugin-types.js';
+export { kvElementIndex, metadataIndex } from './kv-layout.js';
+export type { KvLayout } from './kv-layout.js';
