@@ -26,15 +26,16 @@ export default tseslint.config(
           allow: [],
           depConstraints: [
             { sourceTag: 'scope:core', onlyDependOnLibsWithTags: [] },
+            { sourceTag: 'scope:model', onlyDependOnLibsWithTags: [] },
             { sourceTag: 'scope:kv-retriever', onlyDependOnLibsWithTags: ['scope:core'] },
             { sourceTag: 'scope:plugins', onlyDependOnLibsWithTags: ['scope:core'] },
             { sourceTag: 'scope:executor', onlyDependOnLibsWithTags: ['scope:core', 'scope:kv-retriever'] },
             { sourceTag: 'scope:scheduler', onlyDependOnLibsWithTags: ['scope:core', 'scope:kv-retriever'] },
             {
               sourceTag: 'scope:server',
-              onlyDependOnLibsWithTags: ['scope:core', 'scope:kv-retriever', 'scope:executor', 'scope:scheduler', 'scope:plugins'],
+              onlyDependOnLibsWithTags: ['scope:core', 'scope:model', 'scope:kv-retriever', 'scope:executor', 'scope:scheduler', 'scope:plugins'],
             },
-            { sourceTag: 'scope:app', onlyDependOnLibsWithTags: ['scope:core', 'scope:server'] },
+            { sourceTag: 'scope:app', onlyDependOnLibsWithTags: ['scope:core', 'scope:model', 'scope:server'] },
           ],
         },
       ],

@@ -59,3 +59,5 @@ export type {
 } from './plugin-types.js';
 export { kvElementIndex, metadataIndex } from './kv-layout.js';
 export type { KvLayout } from './kv-layout.js';
+export { normalizeRequest, DEFAULT_REQUEST } from './request-validation.js';
+export type { NormalizedRequest, RequestDefaults } from './request-validation.js';
