@@ -1,0 +1,12 @@
+export { PluginManager } from './plugin-manager.js';
+export type { PluginManagerOptions } from './plugin-manager.js';
+export { createPluginManager } from './create-plugin-manager.js';
+export type { CreatePluginManagerOptions } from './create-plugin-manager.js';
+export type { TinyServePlugin, PrunedInfo, RegisterPluginOptions, PluginStats, PluginManagerStats } from './plugin.js';
+export { functionPlugin } from './function-plugin.js';
+export type { PluginContext, PluginFunction, FunctionPluginOptions } from './function-plugin.js';
+export { EntropyEarlyExitPlugin, ENTROPY_EARLY_EXIT } from './entropy-early-exit.js';
+export type { EntropyEarlyExitOptions } from './entropy-early-exit.js';
+export { TokenPruningPlugin, TOKEN_PRUNING } from './token-pruning.js';
+export type { TokenPruningOptions } from './token-pruning.js';
+export { softmaxEntropy, meanAttentionEntropy, nextTokenEntropy } from './entropy.js';
