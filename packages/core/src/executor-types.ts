@@ -88,8 +88,17 @@ export interface Executor {
   /**
    * Copies positions from one set of pages into another (token pruning compaction,
    * copy-on-write). `src[i]` position `srcPos[i]` goes to `dst[i]` position `dstPos[i]`.
+   * Entries apply in order, so a left-compaction listed front to back never reads a slot it
+   * already overwrote.
    */
   copyTokens(params: CopyTokensParams): void;
+  /**
+   * Recomputes the page metadata (key bounding boxes) of pages rewritten out of order
+   * (compaction after pruning, copy-on-write, a session turn overwriting a partial page),
+   * over each page's first `fills[i]` slots (the whole page when `fills` is omitted).
+   * Optional: executors without page metadata leave it out.
+   */
+  rebuildPageMetadata?(pages: Int32Array, fills?: Int32Array): void;
   dispose(): void;
 }
 

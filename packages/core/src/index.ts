@@ -61,3 +61,35 @@ export { kvElementIndex, metadataIndex } from './kv-layout.js';
 export type { KvLayout } from './kv-layout.js';
 export { normalizeRequest, DEFAULT_REQUEST } from './request-validation.js';
 export type { NormalizedRequest, RequestDefaults } from './request-validation.js';
+// model loading
+export {
+  readSafetensorsHeader,
+  readSafetensors,
+  writeSafetensors,
+  SAFETENSORS_MAX_HEADER_BYTES,
+} from './model/safetensors.js';
+export type {
+  SafetensorsFileDtype,
+  FloatSafetensorsDtype,
+  SafetensorsTensorInfo,
+  SafetensorsHeader,
+  ReadSafetensorsOptions,
+  SafetensorsWriteTensor,
+} from './model/safetensors.js';
+export {
+  float32ToFloat16Bits,
+  float16BitsToFloat32,
+  float32ToBfloat16Bits,
+  bfloat16BitsToFloat32,
+} from './model/half-float.js';
+export {
+  loadCheckpointWeights,
+  readCheckpointIndex,
+  SAFETENSORS_WEIGHTS_FILE,
+  SAFETENSORS_INDEX_FILE,
+} from './model/checkpoint.js';
+export type { CheckpointIndex, CheckpointTensorInfo } from './model/checkpoint.js';
+export { parseModelConfig, parseGenerationConfig, detectArchitecture } from './model/hf-config.js';
+export { createTokenizer, loadTokenizer, cleanUpTokenizationSpaces } from './model/tokenizer.js';
+export type { CreateTokenizerOptions } from './model/tokenizer.js';
+export { loadModel, isModelDirectory, expectedWeightShapes } from './model/load-model.js';
