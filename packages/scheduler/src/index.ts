@@ -1,0 +1,15 @@
+export { Engine } from './engine.js';
+export type {
+  EngineOptions,
+  EngineRequest,
+  EngineEvent,
+  EngineTokenEvent,
+  EngineResult,
+  EngineUsage,
+  EngineTimings,
+  EngineHandle,
+  EngineStats,
+  SessionInfo,
+} from './engine-types.js';
+export { SamplerRng, StopStringDetokenizer, argmax, checkSamplingParams, logSumExp, sampleToken } from './sampling.js';
+export type { SamplingParams, SamplingSettings, TextDelta } from './sampling.js';
