@@ -65,7 +65,7 @@ export async function generateCommand(argv: string[], io: CommandIo): Promise<nu
     io.stderr(`error: --model-type must be auto, gpt2 or llama, got '${modelType}'\n`);
     return 2;
   }
-  const flags = values as Record<string, string | undefined>;
+  const flags = values as unknown as Record<string, string | undefined>;
   // `--seed` is the request's sampling seed; the config field of that name is its default.
   const config = collectConfig({ file: values.config, env: io.env, flags: { ...flags, seed: undefined } });
   const tinyserve = new TinyServe(config, { logger: { info: () => {}, warn: (m) => io.stderr(`warning: ${m}\n`) } });

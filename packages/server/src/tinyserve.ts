@@ -137,11 +137,15 @@ export class TinyServe {
     yield { type: 'done', response: this.finish(await handle.result, normalized, promptIds) };
   }
 
-  /** Sessions, as the seed's `tinyserve.scheduler`. */
-  get scheduler(): Pick<Engine, 'listSessions' | 'getSessionInfo' | 'closeSession'> {
+  /** Sessions, as the seed's `tinyserve.scheduler`: `listSessions()` gives ids, `getSessionInfo(id)` the details. */
+  get scheduler(): {
+    listSessions(): string[];
+    getSessionInfo: Engine['getSessionInfo'];
+    closeSession: Engine['closeSession'];
+  } {
     const engine = this.requireEngine();
     return {
-      listSessions: () => engine.listSessions(),
+      listSessions: () => engine.listSessions().map((s) => s.sessionId),
       getSessionInfo: (id: string) => engine.getSessionInfo(id),
       closeSession: (id: string) => engine.closeSession(id),
     };
