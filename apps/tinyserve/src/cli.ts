@@ -1,5 +1,6 @@
 import { TinyServeError } from '@tinyserve/core';
 import { GENERATE_HELP, generateCommand } from './generate-command.js';
+import { SERVE_HELP, serveCommand } from './serve-command.js';
 import type { CommandIo } from './io.js';
 
 export const MAIN_HELP = `tinyserve: serve tiny language models with query-aware KV-cache selection
@@ -15,6 +16,7 @@ type Command = (argv: string[], io: CommandIo) => Promise<number>;
 
 const COMMANDS: Record<string, { run: Command; help: string }> = {
   generate: { run: generateCommand, help: GENERATE_HELP },
+  serve: { run: serveCommand, help: SERVE_HELP },
 };
 
 /** Runs the CLI; returns the exit code. Errors are printed, never thrown. */

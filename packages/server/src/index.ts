@@ -1,2 +1,15 @@
 export { TinyServe } from './tinyserve.js';
 export type { ModelInfo, TinyServeLogger, TinyServeOptions, TinyServeStats } from './tinyserve.js';
+// http
+export { createHttpServer } from './http/server.js';
+export type { HttpServerOptions, HttpServerControl, TinyServeHttpServer } from './http/server.js';
+export type { ServingBackend, BackendModelInfo, BackendLoadedModel, BackendSessions, BackendStats } from './http/backend.js';
+export { installGracefulShutdown } from './http/shutdown.js';
+export type { GracefulShutdownOptions, GracefulShutdown } from './http/shutdown.js';
+export { readServingGauges, GAUGE_PATHS } from './http/stats.js';
+export type { ServingGauges, GaugeReader } from './http/stats.js';
+export type { ServerStatsSnapshot, LatencySummary, ServerCounters } from './http/metrics.js';
+export { renderChat, FALLBACK_CHAT_TEMPLATE, FALLBACK_STOP } from './http/chat-template.js';
+export type { RenderedChat } from './http/chat-template.js';
+export type { ChatMessage } from './http/openai-requests.js';
+export type { OpenAiErrorBody } from './http/errors.js';
