@@ -13,3 +13,5 @@ export type {
 } from './engine-types.js';
 export { SamplerRng, StopStringDetokenizer, argmax, checkSamplingParams, logSumExp, sampleToken } from './sampling.js';
 export type { SamplingParams, SamplingSettings, TextDelta } from './sampling.js';
+export { runThroughputBench, formatThroughputTable } from './throughput-bench.js';
+export type { ThroughputBenchOptions, ThroughputRow, Percentiles } from './throughput-bench.js';

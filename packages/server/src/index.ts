@@ -1,5 +1,8 @@
 export { TinyServe } from './tinyserve.js';
 export type { ModelInfo, TinyServeLogger, TinyServeOptions, TinyServeStats } from './tinyserve.js';
+// The facade's benchmark results, re-exported so the CLI needs no lower package.
+export { formatThroughputTable } from '@tinyserve/scheduler';
+export type { ThroughputRow } from '@tinyserve/scheduler';
 // http
 export { createHttpServer } from './http/server.js';
 export type { HttpServerOptions, HttpServerControl, TinyServeHttpServer } from './http/server.js';

@@ -18,8 +18,8 @@ import type {
   TinyServeResponse,
 } from '@tinyserve/core';
 import { createExecutor } from '@tinyserve/executor';
-import { Engine } from '@tinyserve/scheduler';
-import type { EngineHandle, EngineRequest, EngineResult } from '@tinyserve/scheduler';
+import { Engine, runThroughputBench } from '@tinyserve/scheduler';
+import type { EngineHandle, EngineRequest, EngineResult, ThroughputBenchOptions, ThroughputRow } from '@tinyserve/scheduler';
 import { createPluginManager } from '@tinyserve/plugins';
 import type { PluginManager } from '@tinyserve/plugins';
 import { MODEL_TINY_NAME, modelTinyDir } from '@tinyserve/model-tiny';
@@ -169,6 +169,25 @@ export class TinyServe {
       engine: engineStats,
       plugins: this.pluginManager.getPluginStats(),
     };
+  }
+
+  /**
+   * Engine throughput and latency at several numbers of concurrent streams on the loaded model
+   * (greedy, fixed-length random prompts). Each level gets a fresh executor with an empty KV pool.
+   */
+  async benchmarkThroughput(
+    options: Omit<ThroughputBenchOptions, 'createExecutor' | 'tokenizer' | 'maxModelLen' | 'eosTokenIds'> = {},
+  ): Promise<ThroughputRow[]> {
+    const model = this.model;
+    const info = this.info;
+    if (!model || !info) throw new TinyServeError('invalid_request', 'no model is loaded: call loadModel() first');
+    return runThroughputBench({
+      ...options,
+      createExecutor: () => this.createExecutorWithFallback(model, info.numKvPages),
+      tokenizer: model.tokenizer,
+      maxModelLen: info.maxModelLen,
+      config: { ...this.config, ...options.config },
+    });
   }
 
   /** Stops accepting requests and waits for running ones to finish. */
