@@ -54,8 +54,8 @@ describe('createExecutor', () => {
       [{ pageSize: 0 }, 'pageSize', /positive integer/],
       [{ numKvPages: 2.5 }, 'numKvPages', /positive integer/],
       [{ attentionChunkSize: -1 }, 'attentionChunkSize', /positive integer/],
-      [{ kvCacheDtype: 'int8' }, 'kvCacheDtype', /'int8' is not supported by the wasm executor yet/],
-      [{ selection: { ...options(model).selection, policy: 'quest' } }, 'selectionPolicy', /'quest' is not supported/],
+      [{ kvCacheDtype: 'fp8' as ExecutorOptions['kvCacheDtype'] }, 'kvCacheDtype', /must be one of 'fp32', 'fp16', 'int8', got 'fp8'/],
+      [{ selection: { ...options(model).selection, policy: 'h2o' } }, 'selectionPolicy', /unknown selection policy 'h2o'/],
     ];
     for (const [override, field, message] of bad) {
       const err = await createExecutor('wasm', options(model, override)).catch((e: unknown) => e);

@@ -1,11 +1,16 @@
 import { add, fused, matMul, tensor1d, tensor2d } from '@tensorflow/tfjs-core';
 import type { Tensor, Tensor1D, Tensor2D } from '@tensorflow/tfjs-core';
 import type { Architecture } from '@tinyserve/core';
+import type { StepSelection } from './decode-selection.js';
 import {
+  FUSED_SPARSE_ATTENTION_KERNEL,
   GELU_NEW_KERNEL,
+  KV_APPEND_KERNEL,
   LAYER_NORM_KERNEL,
   PAGED_ATTENTION_KERNEL,
+  PAGE_SCORE_KERNEL,
   RMS_NORM_KERNEL,
+  SPARSE_PAGED_ATTENTION_KERNEL,
   SWIGLU_KERNEL,
   runTinyServeKernel,
 } from './kernels/register-kernels.js';
@@ -108,16 +113,37 @@ function linear(x: Tensor2D, l: GraphLinear): Tensor2D {
 }
 
 /**
+ * The layer's attention. Dense (no decode sequence, the dense policy, or a dense layer): one
+ * `TinyServePagedAttention`. Sparse with `useFusedKernel`: one `TinyServeFusedSparseAttention`
+ * (append, score, select, attend). Sparse otherwise: `TinyServeKvAppend`, then
+ * `TinyServePageScore` when the policy ranks by metadata, the policy's choice in JS, then
+ * `TinyServeSparsePagedAttention`. Both sparse routes run the same functions in the same
+ * order, so they give identical results.
+ */
+function attention(qkv: Tensor2D, step: AttentionStep, selection: StepSelection | null, layer: number): Tensor2D {
+  if (selection === null || !selection.isSparse(layer)) {
+    const out = runTinyServeKernel(PAGED_ATTENTION_KERNEL, { qkv }, { step, layer }) as Tensor2D;
+    selection?.recordDense(layer);
+    return out;
+  }
+  if (selection.fused) return runTinyServeKernel(FUSED_SPARSE_ATTENTION_KERNEL, { qkv }, { step, layer }) as Tensor2D;
+  const queries = runTinyServeKernel(KV_APPEND_KERNEL, { qkv }, { step, layer }) as Tensor2D;
+  const scores = selection.needsScores(layer) ? runTinyServeKernel(PAGE_SCORE_KERNEL, { queries }, { step, layer }) : null;
+  const chosen = selection.select(layer, queries.dataSync() as Float32Array, scores ? (scores.dataSync() as Float32Array) : null);
+  return runTinyServeKernel(SPARSE_PAGED_ATTENTION_KERNEL, { queries }, { step, layer, selection: chosen }) as Tensor2D;
+}
+
+/**
  * The transformer layers, once for both architectures: ten tfjs ops per layer (norm, QKV,
  * paged attention, output projection, residual, norm, up, activation, down, residual).
  * Ops run eagerly, so the KV pages are written as this returns. Call inside `tidy`.
  */
-export function runLayers(w: GraphWeights, x: Tensor2D, step: AttentionStep): Tensor2D {
+export function runLayers(w: GraphWeights, x: Tensor2D, step: AttentionStep, selection: StepSelection | null = null): Tensor2D {
   const activation = w.architecture === 'llama' ? SWIGLU_KERNEL : GELU_NEW_KERNEL;
   for (let layer = 0; layer < w.layers.length; layer++) {
     const L = w.layers[layer];
     const qkv = linear(norm(x, L.norm1), L.qkv);
-    const attn = runTinyServeKernel(PAGED_ATTENTION_KERNEL, { qkv }, { step, layer }) as Tensor2D;
+    const attn = attention(qkv, step, selection, layer);
     x = add(x, linear(attn, L.o));
     const hidden = runTinyServeKernel(activation, { x: linear(norm(x, L.norm2), L.up) }) as Tensor2D;
     x = add(x, linear(hidden, L.down));

@@ -160,13 +160,16 @@ describe('step outputs', () => {
   const model = createRandomModel(llamaConfig(), 31);
   const prompt = randomTokens(10, 97, 9);
 
-  it('reports dense selection statistics over (sequence, layer, KV head, page)', async () => {
+  it('reports dense selection statistics for decode sequences over (sequence, layer, KV head, page)', async () => {
     const ex = await make('wasm', model);
     const pager = new TestPager(64, 4);
-    const result = await ex.forward(pager.step([{ seqId: 1, tokens: prompt, logitsMode: 0 }, { seqId: 2, tokens: prompt.slice(0, 3), logitsMode: 1 }]));
-    expect(result.logits.length).toBe(97);
-    // ceil(10/4) + ceil(3/4) = 4 pages, 2 layers x 2 KV heads; 13 positions x 2 layers x (K+V) x 2 heads x 8 dims x 4 bytes.
-    expect(result.selection).toEqual({ pagesScanned: 16, pagesSelected: 16, kvBytesRead: 13 * 2 * 2 * 2 * 8 * 4, kvBytesDense: 13 * 2 * 2 * 2 * 8 * 4 });
+    const prefill = await ex.forward(pager.step([{ seqId: 1, tokens: prompt, logitsMode: 0 }, { seqId: 2, tokens: prompt.slice(0, 3), logitsMode: 1 }]));
+    expect(prefill.logits.length).toBe(97);
+    // Prefill chunks are not selection decisions.
+    expect(prefill.selection).toEqual({ pagesScanned: 0, pagesSelected: 0, kvBytesRead: 0, kvBytesDense: 0 });
+    const result = await ex.forward(pager.step([{ seqId: 1, tokens: [5], logitsMode: 1 }, { seqId: 2, tokens: [6, 7], logitsMode: 1 }]));
+    // Sequence 1 decodes at 11 tokens: ceil(11/4) = 3 pages x 2 layers x 2 KV heads; 11 positions x 2 layers x 2 heads x (K+V) 8 dims x 4 bytes.
+    expect(result.selection).toEqual({ pagesScanned: 12, pagesSelected: 12, kvBytesRead: 11 * 2 * 2 * 2 * 8 * 4, kvBytesDense: 11 * 2 * 2 * 2 * 8 * 4 });
     expect(ex.kvBytesPerPage).toBe(2 * 2 * 4 * 2 * 8 * 4);
     expect(result.attention).toBeUndefined();
   });

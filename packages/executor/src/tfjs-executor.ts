@@ -8,8 +8,14 @@ import type {
   ExecutorOptions,
   ForwardParams,
   ForwardResult,
+  KvCacheDtype,
   ModelConfig,
+  SelectionConfig,
 } from '@tinyserve/core';
+import { KV_CACHE_DTYPES, SelectionStatsCollector } from '@tinyserve/kv-retriever';
+import type { SelectionStatsSnapshot } from '@tinyserve/kv-retriever';
+import { DecodeSelector, StepSelection } from './decode-selection.js';
+import type { LayerSelectionRecord, SelectionOptions } from './decode-selection.js';
 import { planForward } from './forward-plan.js';
 import type { ForwardLimits, ForwardPlan } from './forward-plan.js';
 import type { AttentionStatsSink } from './kernels/paged-attention-cpu.js';
@@ -29,20 +35,18 @@ function positiveInt(field: string, value: unknown): number {
   return value;
 }
 
-function checkOptions(backend: string, options: ExecutorOptions): void {
+/** Checks the options; returns the validated selection (policy object built, so its errors surface here). */
+function checkOptions(options: ExecutorOptions, selectionOptions: SelectionOptions): DecodeSelector {
   if (options === null || typeof options !== 'object' || options.model === undefined) {
     throw new ConfigError('model', 'ExecutorOptions.model is required');
   }
   positiveInt('pageSize', options.pageSize);
   positiveInt('numKvPages', options.numKvPages);
   positiveInt('attentionChunkSize', options.attentionChunkSize);
-  if (options.kvCacheDtype !== 'fp32') {
-    throw new ConfigError('kvCacheDtype', `'${options.kvCacheDtype}' is not supported by the ${backend} executor yet (supported: fp32)`);
+  if (!KV_CACHE_DTYPES.includes(options.kvCacheDtype)) {
+    throw new ConfigError('kvCacheDtype', `must be one of ${KV_CACHE_DTYPES.map((d) => `'${d}'`).join(', ')}, got '${String(options.kvCacheDtype)}'`);
   }
-  const policy = options.selection?.policy ?? 'dense';
-  if (policy !== 'dense') {
-    throw new ConfigError('selectionPolicy', `'${policy}' is not supported by the ${backend} executor yet (supported: dense)`);
-  }
+  return new DecodeSelector(options.selection, options.pageSize, selectionOptions);
 }
 
 const GIB = 2 ** 30;
@@ -66,43 +70,64 @@ export function checkWasmMemory(weightBytes: number): void {
 }
 
 /**
- * The executor of the `wasm` and `cpu` backends: the tfjs model graph over a paged fp32 KV
- * cache with dense attention. tfjs has one global active backend; each call switches to this
- * executor's backend first, so executors on different backends can live side by side.
+ * The executor of the `wasm` and `cpu` backends: the tfjs model graph over a paged KV cache
+ * (fp32, fp16 or int8) with page metadata kept on every append, and decode-time page
+ * selection by the kv-retriever's policies. tfjs has one global active backend; each call
+ * switches to this executor's backend first, so executors on different backends can live
+ * side by side. Executors never share KV pages: to compare selection policies on one cached
+ * context, switch policies on one executor with {@link setSelection}.
  */
 export class TfjsExecutor implements Executor {
   readonly backend: TfjsBackendName;
   readonly model: ModelConfig;
   readonly pageSize: number;
   readonly numKvPages: number;
+  readonly kvCacheDtype: KvCacheDtype;
+  /** Bytes one page occupies across all layers, K and V, in `kvCacheDtype` (int8 scales included). */
   readonly kvBytesPerPage: number;
-  /** The KV pages, in `KvLayout` (exposed for page metadata and inspection). */
+  /** The KV pages and their metadata, in `KvLayout` (exposed for inspection). */
   readonly kvCache: PagedKvCache;
 
   private readonly attentionChunkSize: number;
   private readonly embed: Float32Array;
   private readonly positions: Float32Array | null;
   private readonly limits: ForwardLimits;
+  private readonly collector: SelectionStatsCollector;
+  private selector: DecodeSelector;
+  private lastSelections: LayerSelectionRecord[] = [];
   private graph: GraphWeights | null;
 
-  private constructor(backend: TfjsBackendName, options: ExecutorOptions, graph: GraphWeights, embed: Float32Array, positions: Float32Array | null) {
+  private constructor(
+    backend: TfjsBackendName,
+    options: ExecutorOptions,
+    selector: DecodeSelector,
+    graph: GraphWeights,
+    embed: Float32Array,
+    positions: Float32Array | null,
+  ) {
     const config = options.model.config;
     this.backend = backend;
     this.model = config;
     this.pageSize = options.pageSize;
     this.numKvPages = options.numKvPages;
+    this.kvCacheDtype = options.kvCacheDtype;
     this.attentionChunkSize = options.attentionChunkSize;
+    this.selector = selector;
     this.graph = graph;
     this.embed = embed;
     this.positions = positions;
-    this.kvCache = new PagedKvCache({
-      numLayers: config.numLayers,
-      numPages: options.numKvPages,
-      pageSize: options.pageSize,
-      numKvHeads: config.numKvHeads,
-      headDim: config.headDim,
-    });
+    this.kvCache = new PagedKvCache(
+      {
+        numLayers: config.numLayers,
+        numPages: options.numKvPages,
+        pageSize: options.pageSize,
+        numKvHeads: config.numKvHeads,
+        headDim: config.headDim,
+      },
+      options.kvCacheDtype,
+    );
     this.kvBytesPerPage = this.kvCache.bytesPerPage;
+    this.collector = new SelectionStatsCollector({ pageSize: options.pageSize, headDim: config.headDim, dtype: options.kvCacheDtype });
     this.limits = {
       vocabSize: config.vocabSize,
       pageSize: options.pageSize,
@@ -111,8 +136,14 @@ export class TfjsExecutor implements Executor {
     };
   }
 
-  static async create(backend: TfjsBackendName, options: ExecutorOptions): Promise<TfjsExecutor> {
-    checkOptions(backend, options);
+  /**
+   * Validates the options (a bad selection config, policy or KV format is a `ConfigError`
+   * naming the field), uploads the weights and allocates the KV cache. `selectionOptions`
+   * are the settings beyond core's `SelectionConfig` (recall measurement, random seed, GQA
+   * aggregation); {@link setSelection} changes them later.
+   */
+  static async create(backend: TfjsBackendName, options: ExecutorOptions, selectionOptions: SelectionOptions = {}): Promise<TfjsExecutor> {
+    const selector = checkOptions(options, selectionOptions);
     const config = options.model.config;
     const prepared = prepareWeights(options.model);
     if (backend === 'wasm') checkWasmMemory(graphWeightBytes(prepared));
@@ -120,12 +151,55 @@ export class TfjsExecutor implements Executor {
       await initTfjsBackend(backend);
       const graph = uploadWeights(prepared, config.architecture, config.hiddenSize);
       try {
-        return new TfjsExecutor(backend, options, graph, prepared.embed, prepared.positions);
+        return new TfjsExecutor(backend, options, selector, graph, prepared.embed, prepared.positions);
       } catch (err) {
         for (const t of graph.tensors) t.dispose();
         throw err;
       }
     });
+  }
+
+  /** The selection configuration in force. */
+  get selection(): Readonly<SelectionConfig> {
+    return this.selector.config;
+  }
+
+  /** The settings beyond `SelectionConfig` in force. */
+  get selectionOptions(): Readonly<SelectionOptions> {
+    return this.selector.options;
+  }
+
+  /**
+   * Switches the decode-time selection (policy, ratio or budget, sinks, dense layers, fused
+   * kernel) and its options, keeping the KV cache and its metadata: the cheap way to decode
+   * one cached context under several policies. Validated at once (`ConfigError` naming the
+   * field; the old selection stays on error). Applies to steps that start after the call:
+   * await pending `forward` calls first. Statistics keep accumulating; see
+   * {@link resetSelectionStats}.
+   */
+  setSelection(config: SelectionConfig, options: SelectionOptions = {}): void {
+    this.live();
+    this.selector = new DecodeSelector(config, this.pageSize, options);
+  }
+
+  /**
+   * Cumulative selection statistics of this executor's decode steps (the kv-retriever's
+   * `SelectionStatsCollector` snapshot: `kvHitRate` = pagesSelected / pagesScanned,
+   * `kvReadFraction`, `metadataBytesRead`, `recallMean` when recall is measured). Unlike
+   * `ForwardResult.selection`, its `kvBytesRead` counts KV bytes only; metadata bytes are in
+   * `metadataBytesRead`.
+   */
+  getSelectionStats(): SelectionStatsSnapshot {
+    return this.collector.snapshot();
+  }
+
+  resetSelectionStats(): void {
+    this.collector.reset();
+  }
+
+  /** Every (decode sequence, layer) page selection of the last step, dense layers included. */
+  getLastSelections(): readonly LayerSelectionRecord[] {
+    return this.lastSelections;
   }
 
   /**
@@ -145,73 +219,85 @@ export class TfjsExecutor implements Executor {
     const graph = this.live();
     const plan = planForward(params, this.limits);
     const cfg = this.model;
+    const cache = this.kvCache;
+    const ps = this.pageSize;
+    const scale = 1 / Math.sqrt(cfg.headDim);
     const statsSinks = params.collectAttentionStats ? makeStatsSinks(plan, params, cfg.numLayers) : null;
+    const selection = new StepSelection(this.selector, plan, params, cache, this.collector, cfg.numHeads, scale);
+    const pageOf = (s: number, pos: number) => params.pageIndices[params.pageIndptr[s] + Math.floor(pos / ps)];
+    // Keep each page's boxes exactly over the keys it will hold (see PagedKvCache.prepareAppend).
+    for (let s = 0; s < plan.numSeqs; s++) cache.prepareAppend(pageOf(s, params.startPos[s]), params.startPos[s] % ps);
     const step: AttentionStep = {
       numHeads: cfg.numHeads,
       numKvHeads: cfg.numKvHeads,
       headDim: cfg.headDim,
-      pageSize: this.pageSize,
-      scale: 1 / Math.sqrt(cfg.headDim),
+      pageSize: ps,
+      scale,
       chunkSize: this.attentionChunkSize,
-      keyCaches: this.kvCache.keys,
-      valueCaches: this.kvCache.values,
+      keyCaches: cache.keys,
+      valueCaches: cache.values,
+      kvDtype: cache.dtype,
+      keyScales: cache.keyScales,
+      valueScales: cache.valueScales,
+      metadata: cache.metadata.layers,
       tokenSeq: plan.tokenSeq,
       tokenPos: plan.tokenPos,
       pageIndptr: params.pageIndptr,
       pageIndices: params.pageIndices,
       rope: cfg.architecture === 'llama' ? computeRopeTables(plan.tokenPos, cfg.headDim, cfg.ropeTheta) : null,
       stats: statsSinks,
+      selector: selection,
     };
 
     let logits: Float32Array = new Float32Array(0);
-    // The tidy callback returns nothing: tfjs walks a returned container element by element.
-    tidy(() => {
-      const x0 = embedTokens(this.embed, this.positions, cfg.hiddenSize, params.tokenIds, plan.tokenPos);
-      let x = runLayers(graph, x0, step);
-      const rows = plan.logitRows;
-      if (rows.length === 0) return;
-      // Rows are increasing, so as many rows as tokens means every token in order.
-      if (rows.length < plan.numTokens) x = gather(x, tensor1d(rows, 'int32')) as Tensor2D;
-      logits = finalLogits(graph, x).dataSync() as Float32Array;
-    });
+    try {
+      // The tidy callback returns nothing: tfjs walks a returned container element by element.
+      tidy(() => {
+        const x0 = embedTokens(this.embed, this.positions, cfg.hiddenSize, params.tokenIds, plan.tokenPos);
+        let x = runLayers(graph, x0, step, selection);
+        const rows = plan.logitRows;
+        if (rows.length === 0) return;
+        // Rows are increasing, so as many rows as tokens means every token in order.
+        if (rows.length < plan.numTokens) x = gather(x, tensor1d(rows, 'int32')) as Tensor2D;
+        logits = finalLogits(graph, x).dataSync() as Float32Array;
+      });
+    } finally {
+      // Pages were written (fully or partly): their known fill is the last slot each step wrote.
+      for (let s = 0; s < plan.numSeqs; s++) {
+        for (let pos = params.startPos[s]; pos < plan.contextLens[s]; pos++) cache.appended(pageOf(s, pos), pos % ps);
+      }
+    }
 
-    const result: ForwardResult = {
-      logits,
-      logitsIndptr: plan.logitsIndptr,
-      selection: this.denseSelectionStats(plan),
-    };
+    this.lastSelections = selection.records;
+    const result: ForwardResult = { logits, logitsIndptr: plan.logitsIndptr, selection: selection.finish() };
     if (statsSinks) result.attention = collectStats(statsSinks, params.seqIds);
     return result;
   }
 
-  /** Applies at once (synchronously): await any pending `forward` that must see the old slots first. */
+  /**
+   * Applies at once (synchronously): await any pending `forward` that must see the old slots
+   * first. Leaves page metadata alone: call {@link rebuildPageMetadata} for the destination
+   * pages (the engine does after copy-on-write and compaction).
+   */
   copyTokens(params: CopyTokensParams): void {
     this.live();
     this.kvCache.copyTokens(params);
+  }
+
+  /**
+   * Recomputes the key bounding boxes of `pages` in every layer from the keys as stored,
+   * over each page's first `fills[i]` slots (all `pageSize` when omitted; 0 marks a page
+   * empty). Applies at once, like {@link copyTokens}.
+   */
+  rebuildPageMetadata(pages: Int32Array, fills?: Int32Array): void {
+    this.live();
+    this.kvCache.rebuildMetadata(pages, fills);
   }
 
   dispose(): void {
     if (this.graph === null) return;
     for (const t of this.graph.tensors) t.dispose();
     this.graph = null;
-  }
-
-  /**
-   * Dense attention reads every cached page of every sequence once per layer and KV head.
-   * Counted in (sequence, layer, KV head, page) units, the granularity at which query-aware
-   * selection decides; bytes are those of the K and V rows of the positions attended.
-   */
-  private denseSelectionStats(plan: ForwardPlan): ForwardResult['selection'] {
-    const { numLayers, numKvHeads } = this.model;
-    let pages = 0;
-    let positions = 0;
-    for (let s = 0; s < plan.numSeqs; s++) {
-      pages += Math.ceil(plan.contextLens[s] / this.pageSize);
-      positions += plan.contextLens[s];
-    }
-    const units = numLayers * numKvHeads;
-    const bytes = positions * numLayers * this.kvCache.bytesPerTokenLayer;
-    return { pagesScanned: pages * units, pagesSelected: pages * units, kvBytesRead: bytes, kvBytesDense: bytes };
   }
 
   private live(): GraphWeights {

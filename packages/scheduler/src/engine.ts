@@ -380,7 +380,10 @@ export class Engine {
         pagesSelected: c.pagesSelected,
         kvBytesRead: c.kvBytesRead,
         kvBytesDense: c.kvBytesDense,
-        kvHitRate: c.kvBytesDense === 0 ? 1 : c.kvBytesRead / c.kvBytesDense,
+        // kv-retriever's definition: the share of resident pages (per sequence, layer, KV head)
+        // that decode attention read; 1 before any decode step.
+        kvHitRate: c.pagesScanned === 0 ? 1 : c.pagesSelected / c.pagesScanned,
+        kvReadFraction: c.kvBytesDense === 0 ? 1 : c.kvBytesRead / c.kvBytesDense,
       },
       pruning: { prunes: c.prunes, tokensPruned: c.tokensPruned, pagesFreed: c.pagesPruned, skippedForRoom: c.pruneSkipped },
       copyOnWrites: c.copyOnWrites,

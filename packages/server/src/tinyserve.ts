@@ -18,6 +18,7 @@ import type {
   TinyServeResponse,
 } from '@tinyserve/core';
 import { createExecutor } from '@tinyserve/executor';
+import { kvPagesForMemory } from '@tinyserve/kv-retriever';
 import { Engine, runThroughputBench } from '@tinyserve/scheduler';
 import type { EngineHandle, EngineRequest, EngineResult, ThroughputBenchOptions, ThroughputRow } from '@tinyserve/scheduler';
 import { createPluginManager } from '@tinyserve/plugins';
@@ -285,22 +286,21 @@ export class TinyServe {
   }
 
   private deriveNumKvPages(model: LoadedModel, maxModelLen: number): number {
-    // KV gets what the memory target leaves after the weights (held as float32), but never
-    // more than every admitted sequence could use at full length.
+    // KV (with its page metadata and int8 scales) gets what the memory target leaves after the
+    // weights, held as float32, but never more than every admitted sequence could use at full length.
     const c = model.config;
-    const bytesPerElement = this.config.kvCacheDtype === 'fp32' ? 4 : this.config.kvCacheDtype === 'fp16' ? 2 : 1;
-    const bytesPerPage = c.numLayers * 2 * this.config.pageSize * c.numKvHeads * c.headDim * bytesPerElement;
+    const memory = { numLayers: c.numLayers, pageSize: this.config.pageSize, numKvHeads: c.numKvHeads, headDim: c.headDim, dtype: this.config.kvCacheDtype };
     let weightBytes = 0;
     for (const t of model.weights.values()) weightBytes += t.data.byteLength;
-    const budget = this.config.targetMemoryGb * GIB - weightBytes;
-    if (budget < bytesPerPage * Math.ceil(maxModelLen / this.config.pageSize)) {
+    const pagesPerSeq = Math.ceil(maxModelLen / this.config.pageSize);
+    const fits = kvPagesForMemory({ ...memory, bytes: Math.max(this.config.targetMemoryGb * GIB - weightBytes, 0) });
+    if (fits < pagesPerSeq) {
       throw new ModelLoadError(
-        `targetMemoryGb ${this.config.targetMemoryGb} leaves ${(Math.max(budget, 0) / GIB).toFixed(3)} GiB for the KV cache after ` +
-          `${(weightBytes / GIB).toFixed(3)} GiB of weights: not enough for one ${maxModelLen}-token sequence; raise targetMemoryGb or set numKvPages`,
+        `targetMemoryGb ${this.config.targetMemoryGb} leaves room for ${fits} KV pages after ${(weightBytes / GIB).toFixed(3)} GiB of weights: ` +
+          `one ${maxModelLen}-token sequence needs ${pagesPerSeq}; raise targetMemoryGb, lower maxModelLen or set numKvPages`,
       );
     }
-    const pagesPerSeq = Math.ceil(maxModelLen / this.config.pageSize);
-    return Math.min(Math.floor(budget / bytesPerPage), pagesPerSeq * this.config.maxNumSeqs);
+    return Math.min(fits, pagesPerSeq * this.config.maxNumSeqs);
   }
 
   private async createExecutorWithFallback(model: LoadedModel, numKvPages: number): Promise<Executor> {

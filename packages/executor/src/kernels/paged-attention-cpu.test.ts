@@ -1,8 +1,19 @@
 import { describe, expect, it } from 'vitest';
-import { kvElementIndex } from '@tinyserve/core';
+import { RequestValidationError, kvElementIndex } from '@tinyserve/core';
+import type { KvCacheDtype } from '@tinyserve/core';
+import {
+  KvCacheStorage,
+  buildPageTableCsr,
+  createPageMetadataLayer,
+  packSelections,
+  pagedAttentionDecodeDense,
+  rebuildPageMetadata,
+  sparsePagedAttention,
+} from '@tinyserve/kv-retriever';
+import type { HeadSelection } from '@tinyserve/kv-retriever';
 import { makeNormal, makeRng } from '../__fixtures__/random-model.js';
-import { pagedAttention } from './paged-attention-cpu.js';
-import type { PagedAttentionParams } from './paged-attention-cpu.js';
+import { appendKvToPages, attendOverPages, pagedAttention, rotateQueries } from './paged-attention-cpu.js';
+import type { PageSelection, PagedAttentionParams } from './paged-attention-cpu.js';
 import { computeRopeTables } from './rope.js';
 
 interface Case {
@@ -189,5 +200,231 @@ describe.each(CASES)('pagedAttention: %s', (_name, c) => {
         expect(sink.positionMass[s][j]).toBeCloseTo(mass, 5);
       }
     });
+  });
+});
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/**
+ * A selection for every single-token sequence of the step (the others stay dense): per KV
+ * head, the logical pages `choose` returns (sorted here).
+ */
+function selectionOf(p: PagedAttentionParams, choose: (seq: number, head: number, numPages: number) => number[]): PageSelection {
+  const numSeqs = p.pageIndptr.length - 1;
+  const tokens = new Int32Array(numSeqs);
+  const lastPos = new Int32Array(numSeqs);
+  for (let t = 0; t < p.numTokens; t++) {
+    tokens[p.tokenSeq[t]]++;
+    lastPos[p.tokenSeq[t]] = p.tokenPos[t];
+  }
+  const sparse = new Uint8Array(numSeqs);
+  const heads: HeadSelection[] = [];
+  for (let s = 0; s < numSeqs; s++) {
+    const indptr = new Int32Array(p.numKvHeads + 1);
+    const indices: number[] = [];
+    if (tokens[s] === 1) {
+      sparse[s] = 1;
+      const np = Math.floor(lastPos[s] / p.pageSize) + 1;
+      for (let j = 0; j < p.numKvHeads; j++) {
+        indices.push(...[...new Set(choose(s, j, np))].sort((a, b) => a - b));
+        indptr[j + 1] = indices.length;
+      }
+    }
+    heads.push({ indptr, indices: Int32Array.from(indices) });
+  }
+  const packed = packSelections(heads);
+  return { sparse, indptr: packed.selectedIndptr, pages: packed.selectedPages };
+}
+
+describe.each(CASES)('sparse page lists: %s', (_name, c) => {
+  for (const chunkSize of [1, 7, 1024]) {
+    it(`listing every page equals dense attention bit for bit (chunkSize ${chunkSize})`, () => {
+      const { params } = setup(c, chunkSize);
+      appendKvToPages(params);
+      const queries = rotateQueries(params);
+      const dense = new Float32Array(params.out.length);
+      attendOverPages({ ...params, out: dense }, queries);
+      const selection = selectionOf(params, (_s, _j, n) => range(n));
+      expect(selection.sparse.some((v) => v === 1)).toBe(true);
+      const sparse = new Float32Array(params.out.length);
+      attendOverPages({ ...params, out: sparse, selection }, queries);
+      expect(Array.from(sparse)).toEqual(Array.from(dense));
+    });
+  }
+
+  it("matches the kv-retriever's sparsePagedAttention on partial selections; prefill rows stay dense", () => {
+    const { params, layout } = setup(c, 7, 3);
+    appendKvToPages(params);
+    const queries = rotateQueries(params);
+    const rng = makeRng(5);
+    // Per head a random subset, the current page always in (as policies keep it).
+    const selection = selectionOf(params, (_s, _j, n) => range(n).filter((p) => p === n - 1 || rng() < 0.4));
+    const out = new Float32Array(params.out.length);
+    attendOverPages({ ...params, out, selection }, queries);
+    const dense = new Float32Array(params.out.length);
+    attendOverPages({ ...params, out: dense }, queries);
+    const { numHeads: Hq, numKvHeads: H, headDim: D, pageSize } = c;
+    let checked = 0;
+    for (let t = 0; t < params.numTokens; t++) {
+      const s = params.tokenSeq[t];
+      const row = (a: Float32Array) => Array.from(a.subarray(t * Hq * D, (t + 1) * Hq * D));
+      if (selection.sparse[s] !== 1) {
+        expect(row(out)).toEqual(row(dense));
+        continue;
+      }
+      const numTokens = params.tokenPos[t] + 1;
+      const np = Math.ceil(numTokens / pageSize);
+      const pageIds = params.pageIndices.slice(params.pageIndptr[s], params.pageIndptr[s] + np);
+      const csr = buildPageTableCsr([{ pageSize, numTokens, pageIds }]);
+      const base = selection.indptr[s * H];
+      const ref = sparsePagedAttention({
+        layout,
+        kCache: params.keyCache as Float32Array,
+        vCache: params.valueCache as Float32Array,
+        query: queries.slice(t * Hq * D, (t + 1) * Hq * D),
+        numQHeads: Hq,
+        pageIndptr: csr.indptr,
+        pageIndices: csr.indices,
+        lastPageLen: csr.lastPageLen,
+        selectedIndptr: Int32Array.from(selection.indptr.subarray(s * H, (s + 1) * H + 1), (v) => v - base),
+        selectedPages: selection.pages.slice(base, selection.indptr[(s + 1) * H]),
+      });
+      row(out).forEach((v, i) => expect(Math.abs(v - ref[i])).toBeLessThan(1e-5));
+      // And the dense rows agree with the reference's dense decode.
+      const refDense = pagedAttentionDecodeDense({
+        layout,
+        kCache: params.keyCache as Float32Array,
+        vCache: params.valueCache as Float32Array,
+        query: queries.slice(t * Hq * D, (t + 1) * Hq * D),
+        numQHeads: Hq,
+        pageIndptr: csr.indptr,
+        pageIndices: csr.indices,
+        lastPageLen: csr.lastPageLen,
+      });
+      row(dense).forEach((v, i) => expect(Math.abs(v - refDense[i])).toBeLessThan(1e-5));
+      checked++;
+    }
+    expect(checked).toBeGreaterThan(0);
+  });
+
+  it('records the distribution over the selected positions only', () => {
+    const { params } = setup(c, 5, 6);
+    appendKvToPages(params);
+    const selection = selectionOf(params, (_s, _j, n) => [0, n - 1]);
+    const s = selection.sparse.indexOf(1);
+    const t = params.tokenSeq.indexOf(s);
+    const len = params.tokenPos[t] + 1;
+    const sink = { tokens: Int32Array.from(c.seqs, (_, i) => (i === s ? t : -1)), entropy: new Float64Array(c.seqs.length), positionMass: c.seqs.map(() => new Float32Array(len)) };
+    attendOverPages({ ...params, selection, stats: sink });
+    const mass = sink.positionMass[s];
+    const lastPage = Math.floor((len - 1) / c.pageSize);
+    mass.forEach((m, j) => {
+      const page = Math.floor(j / c.pageSize);
+      if (page !== 0 && page !== lastPage) expect(m).toBe(0);
+    });
+    expect(mass.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
+  });
+});
+
+describe('sparse page lists: validation', () => {
+  const c = CASES[1][1];
+  it('rejects selections that would read outside a sequence or select for a prefill chunk', () => {
+    const { params } = setup(c, 8);
+    appendKvToPages(params);
+    const good = selectionOf(params, (_s, _j, n) => range(n));
+    expect(() => attendOverPages({ ...params, selection: good })).not.toThrow();
+    const prefill = { ...good, sparse: Uint8Array.from(good.sparse, (v, s) => (s === 1 ? 1 : v)) };
+    expect(() => attendOverPages({ ...params, selection: prefill })).toThrow(/sequence 1 has 11 new tokens/);
+    const outside = { ...good, pages: Int32Array.from(good.pages, (v, i) => (i === 0 ? 99 : v)) };
+    expect(() => attendOverPages({ ...params, selection: outside })).toThrow(RequestValidationError);
+    const shape = { ...good, indptr: good.indptr.slice(1) };
+    expect(() => attendOverPages({ ...params, selection: shape })).toThrow(/must cover 3 sequences x 2 KV heads/);
+  });
+});
+
+describe.each(['fp32', 'fp16', 'int8'] as const)('%s KV pages', (dtype: KvCacheDtype) => {
+  const c = CASES[1][1];
+
+  /** The step's cached rows written through KvCacheStorage, then the step appended by the kernel into it. */
+  function run(seed: number) {
+    const { params, layout } = setup(c, 7, seed);
+    const kvRow = c.numKvHeads * c.headDim;
+    const slots: { page: number; slot: number; cached: boolean }[] = [];
+    c.seqs.forEach(([cached, n], s) => {
+      for (let pos = 0; pos < cached + n; pos++) {
+        slots.push({ page: params.pageIndices[params.pageIndptr[s] + Math.floor(pos / c.pageSize)], slot: pos % c.pageSize, cached: pos < cached });
+      }
+    });
+    const rowOf = (buf: Float32Array, page: number, slot: number) => {
+      const off = kvElementIndex(layout, page, slot, 0);
+      return buf.subarray(off, off + kvRow);
+    };
+    const stored = new KvCacheStorage({ layout, dtype });
+    for (const { page, slot } of slots.filter((x) => x.cached)) {
+      stored.writeToken(0, page, slot, rowOf(params.keyCache as Float32Array, page, slot), rowOf(params.valueCache as Float32Array, page, slot));
+    }
+    // Metadata of the cached part, from the keys as stored; then the kernel folds in the step.
+    const metadata = createPageMetadataLayer(layout);
+    const fills = new Map<number, number>();
+    for (const { page, slot, cached } of slots) if (cached) fills.set(page, Math.max(fills.get(page) ?? 0, slot + 1));
+    const decodedKeys = () => stored.decodeLayer(0, 'key');
+    rebuildPageMetadata({ layout, ...metadata, kCache: decodedKeys(), pages: [...fills.keys()], fills: [...fills.values()] });
+
+    pagedAttention(params); // the fp32 step: rotated keys land in params.keyCache
+    const quantised: PagedAttentionParams = {
+      ...params,
+      out: new Float32Array(params.out.length),
+      keyCache: stored.keys[0],
+      valueCache: stored.values[0],
+      kvDtype: dtype,
+      keyScales: stored.keyScales[0],
+      valueScales: stored.valueScales[0],
+      metadata,
+    };
+    pagedAttention(quantised);
+    return { params, layout, slots, stored, quantised, metadata, rowOf, decodedKeys };
+  }
+
+  it('appends exactly what KvCacheStorage.writeToken stores', () => {
+    const { params, layout, slots, stored, rowOf } = run(4);
+    const expected = new KvCacheStorage({ layout, dtype });
+    for (const { page, slot } of slots) {
+      expected.writeToken(0, page, slot, rowOf(params.keyCache as Float32Array, page, slot), rowOf(params.valueCache as Float32Array, page, slot));
+    }
+    expect(Array.from(stored.keys[0])).toEqual(Array.from(expected.keys[0]));
+    expect(Array.from(stored.values[0])).toEqual(Array.from(expected.values[0]));
+    expect(Array.from(stored.keyScales[0])).toEqual(Array.from(expected.keyScales[0]));
+    expect(Array.from(stored.valueScales[0])).toEqual(Array.from(expected.valueScales[0]));
+  });
+
+  it('attends over the decoded values exactly, close to fp32', () => {
+    const { params, stored, quantised } = run(5);
+    const decoded = { ...params, out: new Float32Array(params.out.length), keyCache: stored.decodeLayer(0, 'key'), valueCache: stored.decodeLayer(0, 'value') };
+    attendOverPages(decoded, rotateQueries(params));
+    expect(Array.from(quantised.out)).toEqual(Array.from(decoded.out));
+    const bound = dtype === 'fp32' ? 0 : dtype === 'fp16' ? 5e-3 : 5e-2;
+    let worst = 0;
+    quantised.out.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - params.out[i]))));
+    expect(worst).toBeLessThanOrEqual(bound);
+  });
+
+  it('keeps page metadata equal to a fresh rebuild from the stored keys', () => {
+    const { layout, slots, metadata, decodedKeys } = run(6);
+    const fills = new Map<number, number>();
+    for (const { page, slot } of slots) fills.set(page, Math.max(fills.get(page) ?? 0, slot + 1));
+    const fresh = createPageMetadataLayer(layout);
+    rebuildPageMetadata({ layout, ...fresh, kCache: decodedKeys(), pages: [...fills.keys()], fills: [...fills.values()] });
+    expect(Array.from(metadata.min)).toEqual(Array.from(fresh.min));
+    expect(Array.from(metadata.max)).toEqual(Array.from(fresh.max));
+    // Each box bounds the keys attention reads.
+    const keys = decodedKeys();
+    const row = c.numKvHeads * c.headDim;
+    for (const { page, slot } of slots) {
+      const off = kvElementIndex(layout, page, slot, 0);
+      for (let i = 0; i < row; i++) {
+        expect(keys[off + i]).toBeGreaterThanOrEqual(metadata.min[page * row + i]);
+        expect(keys[off + i]).toBeLessThanOrEqual(metadata.max[page * row + i]);
+      }
+    }
   });
 });
