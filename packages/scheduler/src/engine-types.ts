@@ -147,7 +147,18 @@ export interface EngineStats {
   sessionReusedTokens: number;
   kv: { totalPages: number; usedPages: number; cachedFreePages: number; pageSize: number; usage: number };
   /** Sparse attention counters summed over steps; kvHitRate = kvBytesRead / kvBytesDense (1 before any step). */
-  selection: { pagesScanned: number; pagesSelected: number; kvBytesRead: number; kvBytesDense: number; kvHitRate: number };
+  /**
+   * Decode-time page selection, summed over steps. `kvHitRate`: pages selected / pages scanned
+   * (per sequence, layer and KV head); `kvReadFraction`: KV bytes read / bytes dense would read.
+   */
+  selection: {
+    pagesScanned: number;
+    pagesSelected: number;
+    kvBytesRead: number;
+    kvBytesDense: number;
+    kvHitRate: number;
+    kvReadFraction: number;
+  };
   pruning: { prunes: number; tokensPruned: number; pagesFreed: number; skippedForRoom: number };
   copyOnWrites: number;
 }
