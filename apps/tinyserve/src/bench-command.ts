@@ -1,8 +1,10 @@
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { TinyServe, formatThroughputTable } from '@tinyserve/server';
+import type { ThroughputRow } from '@tinyserve/server';
 import { collectConfig, configFlagSpecs } from './config-sources.js';
 import type { CommandIo } from './io.js';
+import { allowDownloadFrom, createProgressBar, modelLoadingProgress, stderrWriter } from './progress.js';
 
 export const BENCH_HELP = `tinyserve bench: benchmarks on a model (the bundled default when --model is not given)
 
@@ -13,7 +15,8 @@ Usage: tinyserve bench throughput [options]
     --requests-per-stream <n>  requests each stream sends back to back (default 2)
     --prompt-tokens <n>     prompt length in tokens (default 64)
     --max-tokens <n>        tokens generated per request (default 32)
-  --model <dir>           Hugging Face model directory
+  --model <dir|id>        Hugging Face model directory, or a hub id org/name[@revision] from the cache
+  --allow-download        download a hub id missing from the cache (or TINYSERVE_ALLOW_DOWNLOAD=1)
   --executor <name>       wasm | cpu | cuda (default wasm)
   --json                  print JSON instead of a markdown table
   --<config-field> <v>    any config field in kebab-case
@@ -43,6 +46,7 @@ export async function benchCommand(argv: string[], io: CommandIo): Promise<numbe
     options: {
       ...configFlagSpecs(),
       model: { type: 'string' },
+      'allow-download': { type: 'boolean', default: false },
       streams: { type: 'string', default: '1,4,16,64' },
       'requests-per-stream': { type: 'string', default: '2' },
       'prompt-tokens': { type: 'string', default: '64' },
@@ -57,15 +61,24 @@ export async function benchCommand(argv: string[], io: CommandIo): Promise<numbe
     return 0;
   }
   const config = collectConfig({ file: values.config, env: io.env, flags: values as unknown as Record<string, string | undefined> });
-  const tinyserve = new TinyServe(config, { logger: { info: () => {}, warn: (m) => io.stderr(`warning: ${m}\n`) } });
+  const loading = modelLoadingProgress(io, values.model, allowDownloadFrom(values['allow-download'], io.env));
+  const tinyserve = new TinyServe(config, { logger: { info: () => {}, warn: (m) => loading.log(`warning: ${m}\n`) } });
   try {
-    const info = await tinyserve.loadModel(values.model);
+    const info = await loading.run(() => tinyserve.loadModel(values.model, 'auto', loading.options));
     const concurrency = positiveInts('streams', values.streams);
     const [requestsPerStream] = positiveInts('requests-per-stream', values['requests-per-stream']);
     const [promptTokens] = positiveInts('prompt-tokens', values['prompt-tokens']);
     const [maxTokens] = positiveInts('max-tokens', values['max-tokens']);
     io.stderr(`benchmarking ${info.name} on ${info.executor}: streams ${concurrency.join(', ')}\n`);
-    const rows = await tinyserve.benchmarkThroughput({ concurrency, requestsPerStream, promptTokens, maxTokens });
+    // One level per call so the bar moves between levels; only the first call warms the JIT up.
+    const bar = createProgressBar(stderrWriter(io), { label: 'bench throughput', total: concurrency.length });
+    const rows: ThroughputRow[] = [];
+    for (const [i, streams] of concurrency.entries()) {
+      bar.update(i, `${streams} streams running`);
+      rows.push(...(await tinyserve.benchmarkThroughput({ concurrency: [streams], requestsPerStream, promptTokens, maxTokens, warmup: i === 0 })));
+      bar.update(i + 1, `${streams} streams: ${rows[rows.length - 1].outputTokensPerSec.toFixed(1)} tokens/s`);
+    }
+    bar.done();
     const meta = {
       model: info.name,
       executor: info.executor,

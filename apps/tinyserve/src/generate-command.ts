@@ -3,12 +3,15 @@ import { TinyServe } from '@tinyserve/server';
 import type { TinyServeRequest } from '@tinyserve/core';
 import { collectConfig, configFlagSpecs } from './config-sources.js';
 import type { CommandIo } from './io.js';
+import { allowDownloadFrom, modelLoadingProgress } from './progress.js';
 
 export const GENERATE_HELP = `tinyserve generate: generate text with a model (the bundled default when --model is not given)
 
 Usage: tinyserve generate --prompt <text> [options]
 
-  --model <dir>           Hugging Face model directory (config.json, *.safetensors, tokenizer.json)
+  --model <dir|id>        Hugging Face model directory (config.json, *.safetensors, tokenizer.json),
+                          or a hub id org/name[@revision] found in the Hugging Face cache
+  --allow-download        download a hub id missing from the cache (or TINYSERVE_ALLOW_DOWNLOAD=1)
   --model-type <t>        auto | gpt2 | llama (default auto: read from config.json)
   --prompt <text>         the prompt (required)
   --max-tokens <n>        tokens to generate (default 100)
@@ -36,6 +39,7 @@ export async function generateCommand(argv: string[], io: CommandIo): Promise<nu
     options: {
       ...configFlagSpecs(),
       model: { type: 'string' },
+      'allow-download': { type: 'boolean', default: false },
       'model-type': { type: 'string', default: 'auto' },
       prompt: { type: 'string' },
       'max-tokens': { type: 'string' },
@@ -68,9 +72,10 @@ export async function generateCommand(argv: string[], io: CommandIo): Promise<nu
   const flags = values as unknown as Record<string, string | undefined>;
   // `--seed` is the request's sampling seed; the config field of that name is its default.
   const config = collectConfig({ file: values.config, env: io.env, flags: { ...flags, seed: undefined } });
-  const tinyserve = new TinyServe(config, { logger: { info: () => {}, warn: (m) => io.stderr(`warning: ${m}\n`) } });
+  const loading = modelLoadingProgress(io, values.model, allowDownloadFrom(values['allow-download'], io.env));
+  const tinyserve = new TinyServe(config, { logger: { info: () => {}, warn: (m) => loading.log(`warning: ${m}\n`) } });
   try {
-    await tinyserve.loadModel(values.model, modelType);
+    await loading.run(() => tinyserve.loadModel(values.model, modelType, loading.options));
     const request: TinyServeRequest = {
       prompt: values.prompt,
       logprobs: values.logprobs || values.json,

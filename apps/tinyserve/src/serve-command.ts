@@ -5,6 +5,7 @@ import { TinyServe, createHttpServer, installGracefulShutdown } from '@tinyserve
 import type { ServingBackend } from '@tinyserve/server';
 import { collectConfig, configFlagSpecs } from './config-sources.js';
 import type { CommandIo } from './io.js';
+import { allowDownloadFrom, modelLoadingProgress } from './progress.js';
 
 export const SERVE_HELP = `tinyserve serve: an OpenAI-compatible HTTP server (the bundled model when --model is not given)
 
@@ -12,7 +13,9 @@ Usage: tinyserve serve [options]
 
   --port <n>              port to listen on (default 8000; 0 picks a free one)
   --host <addr>           address to bind (default 127.0.0.1; 0.0.0.0 for every interface)
-  --model <dir>           Hugging Face model directory (config.json, *.safetensors, tokenizer.json)
+  --model <dir|id>        Hugging Face model directory (config.json, *.safetensors, tokenizer.json),
+                          or a hub id org/name[@revision] found in the Hugging Face cache
+  --allow-download        download a hub id missing from the cache (or TINYSERVE_ALLOW_DOWNLOAD=1)
   --model-type <t>        auto | gpt2 | llama (default auto: read from config.json)
   --executor <name>       wasm | cpu | cuda (default wasm)
   --api-key <key>         require 'Authorization: Bearer <key>' on /v1 and /metrics (repeatable;
@@ -32,16 +35,17 @@ Environment: every config field as TINYSERVE_<FIELD>, e.g. TINYSERVE_PAGE_SIZE=3
 /** What `serve` needs from outside, replaceable in tests. */
 export interface ServeDeps {
   /** Loads the model and returns the backend to serve (default: a TinyServe facade). */
-  createBackend?: (params: { config: Partial<TinyServeConfig>; model: string | undefined; modelType: ModelType; io: CommandIo }) => Promise<ServingBackend>;
+  createBackend?: (params: { config: Partial<TinyServeConfig>; model: string | undefined; modelType: ModelType; io: CommandIo; allowDownload?: boolean }) => Promise<ServingBackend>;
   /** Signals that start a graceful shutdown (default SIGTERM and SIGINT). */
   signals?: readonly NodeJS.Signals[];
 }
 
-async function loadFacade(params: { config: Partial<TinyServeConfig>; model: string | undefined; modelType: ModelType; io: CommandIo }): Promise<ServingBackend> {
+async function loadFacade(params: { config: Partial<TinyServeConfig>; model: string | undefined; modelType: ModelType; io: CommandIo; allowDownload?: boolean }): Promise<ServingBackend> {
   const { io } = params;
-  const tinyserve = new TinyServe(params.config, { logger: { info: (m) => io.stderr(`${m}\n`), warn: (m) => io.stderr(`warning: ${m}\n`) } });
+  const loading = modelLoadingProgress(io, params.model, params.allowDownload ?? false);
+  const tinyserve = new TinyServe(params.config, { logger: { info: (m) => loading.log(`${m}\n`), warn: (m) => loading.log(`warning: ${m}\n`) } });
   try {
-    await tinyserve.loadModel(params.model, params.modelType);
+    await loading.run(() => tinyserve.loadModel(params.model, params.modelType, loading.options));
   } catch (error) {
     await tinyserve.close();
     throw error;
@@ -69,6 +73,7 @@ export async function serveCommand(argv: string[], io: CommandIo, deps: ServeDep
       port: { type: 'string' },
       host: { type: 'string', default: '127.0.0.1' },
       model: { type: 'string' },
+      'allow-download': { type: 'boolean', default: false },
       'model-type': { type: 'string', default: 'auto' },
       'api-key': { type: 'string', multiple: true },
       'cors-origin': { type: 'string' },
@@ -94,7 +99,8 @@ export async function serveCommand(argv: string[], io: CommandIo, deps: ServeDep
   const apiKeys = [...(values['api-key'] ?? []), ...(io.env.TINYSERVE_API_KEY ?? '').split(',')].map((k) => k.trim()).filter((k) => k.length > 0);
   const config = collectConfig({ file: values.config, env: io.env, flags: values as unknown as Record<string, string | undefined> });
 
-  const backend = await (deps.createBackend ?? loadFacade)({ config, model: values.model, modelType, io });
+  const allowDownload = allowDownloadFrom(values['allow-download'], io.env);
+  const backend = await (deps.createBackend ?? loadFacade)({ config, model: values.model, modelType, io, allowDownload });
   const server = createHttpServer({
     backend,
     apiKeys,

@@ -69,7 +69,7 @@ export const DEFAULT_CONFIG: Readonly<TinyServeConfig> = Object.freeze({
   pageSize: 16,
   selectionRatio: 0.3,
   tokenBudget: null,
-  selectionPolicy: 'dense',
+  selectionPolicy: 'quest',
   sinkPages: 1,
   denseLayers: 2,
   useFusedKernel: true,

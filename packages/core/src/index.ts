@@ -93,3 +93,12 @@ export { parseModelConfig, parseGenerationConfig, detectArchitecture } from './m
 export { createTokenizer, loadTokenizer, cleanUpTokenizationSpaces } from './model/tokenizer.js';
 export type { CreateTokenizerOptions } from './model/tokenizer.js';
 export { loadModel, isModelDirectory, expectedWeightShapes } from './model/load-model.js';
+// hub
+export { resolveModel, DEFAULT_HUB_ENDPOINT } from './hub/resolve-model.js';
+export type { ResolveModelOptions, ResolveModelResult } from './hub/resolve-model.js';
+export { downloadModelToCache } from './hub/download.js';
+export type { DownloadProgressEvent, DownloadProgressCallback, DownloadModelParams, DownloadModelResult } from './hub/download.js';
+export { hubCacheDir, repoCacheDir, findCachedSnapshot, missingModelFiles } from './hub/hub-cache.js';
+export type { HubEnv, CachedSnapshot } from './hub/hub-cache.js';
+export { parseModelId, describeInvalidModelId, isCommitHash, repoFolderName, DEFAULT_REVISION } from './hub/model-id.js';
+export type { HubModelId } from './hub/model-id.js';

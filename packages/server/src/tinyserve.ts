@@ -5,6 +5,7 @@ import {
   loadModel,
   normalizeRequest,
   resolveConfig,
+  resolveModel,
 } from '@tinyserve/core';
 import type {
   Executor,
@@ -12,6 +13,7 @@ import type {
   ModelType,
   NormalizedRequest,
   RequestDefaults,
+  ResolveModelOptions,
   StreamEvent,
   TinyServeConfig,
   TinyServeRequest,
@@ -73,11 +75,12 @@ export class TinyServe {
   }
 
   /**
-   * Loads a model directory in Hugging Face layout. Without a path, the bundled default
-   * model (@tinyserve/model-tiny) is served. Replaces any model loaded before.
+   * Loads a model directory in Hugging Face layout, or a Hugging Face id (`org/name[@revision]`)
+   * from the local hub cache, downloading it only with `options.allowDownload`. Without a path,
+   * the bundled default model (@tinyserve/model-tiny) is served. Replaces any model loaded before.
    */
-  async loadModel(pathOrId?: string, modelType: ModelType = 'auto'): Promise<ModelInfo> {
-    const dir = pathOrId ?? modelTinyDir();
+  async loadModel(pathOrId?: string, modelType: ModelType = 'auto', options: ResolveModelOptions = {}): Promise<ModelInfo> {
+    const dir = pathOrId === undefined ? modelTinyDir() : (await resolveModel(pathOrId, options)).dir;
     const model = await loadModel(dir, modelType);
     if (pathOrId === undefined) model.name = MODEL_TINY_NAME;
     const maxModelLen = Math.min(this.config.maxModelLen ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings);
