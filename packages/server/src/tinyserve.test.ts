@@ -30,7 +30,7 @@ describe.each(['gpt2-tiny', 'llama-tiny-gqa', 'llama-tiny-mqa'])('TinyServe on %
   let tinyserve: TinyServe;
 
   beforeAll(async () => {
-    tinyserve = new TinyServe({ pageSize: 16 });
+    tinyserve = new TinyServe({ pageSize: 16, selectionPolicy: 'dense' });
     await tinyserve.loadModel(`${HF}${name}`);
   });
   afterAll(() => tinyserve.close());
