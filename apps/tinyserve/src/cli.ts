@@ -2,6 +2,7 @@ import { TinyServeError } from '@tinyserve/core';
 import { GENERATE_HELP, generateCommand } from './generate-command.js';
 import { SERVE_HELP, serveCommand } from './serve-command.js';
 import { BENCH_HELP, benchCommand } from './bench-command.js';
+import { EVAL_HELP, evalCommand } from './eval-command.js';
 import type { CommandIo } from './io.js';
 
 type Command = (argv: string[], io: CommandIo) => Promise<number>;
@@ -10,6 +11,7 @@ const COMMANDS: Record<string, { run: Command; help: string }> = {
   generate: { run: generateCommand, help: GENERATE_HELP },
   serve: { run: serveCommand, help: SERVE_HELP },
   bench: { run: benchCommand, help: BENCH_HELP },
+  eval: { run: evalCommand, help: EVAL_HELP },
 };
 
 /** The top-level help, listing each command with the first line of its own help. */

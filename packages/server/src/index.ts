@@ -16,3 +16,34 @@ export { renderChat, FALLBACK_CHAT_TEMPLATE, FALLBACK_STOP } from './http/chat-t
 export type { RenderedChat } from './http/chat-template.js';
 export type { ChatMessage } from './http/openai-requests.js';
 export type { OpenAiErrorBody } from './http/errors.js';
+// eval
+export { runEval, parseEvalVariant } from './eval/run-eval.js';
+export type { EvalVariant } from './eval/run-eval.js';
+export { EVAL_TASKS } from './eval/eval-types.js';
+export type {
+  EvalTask,
+  EvalBudget,
+  EvalParams,
+  EvalRow,
+  EvalResult,
+  EvalSettings,
+  EvalModelInfo,
+  PasskeyTaskParams,
+  PerplexityTaskParams,
+} from './eval/eval-types.js';
+export { EVAL_PLUGINS } from './eval/engine-runner.js';
+export type { EvalPlugin } from './eval/engine-runner.js';
+export {
+  PASSKEY_FORMAT,
+  buildPasskeyPrompt,
+  passkeyKey,
+  passkeyDepth,
+  passkeyTargets,
+  scorePasskeyAnswer,
+} from './eval/passkey.js';
+export type { PasskeyPrompt, PasskeyPromptParams, PasskeyContext } from './eval/passkey.js';
+export { loadHeldOutText, loadTextFile, perplexitySamples } from './eval/held-out-text.js';
+export type { HeldOutText, HeldOutDocument, PerplexitySample, PerplexitySampleParams } from './eval/held-out-text.js';
+export { klDivergence, logSoftmax } from './eval/metrics.js';
+export { evalResultToJson, formatEvalMarkdown, renderEvalChartHtml, writeEvalReport } from './eval/report.js';
+export type { EvalReportFiles } from './eval/report.js';

@@ -47,7 +47,7 @@ sotu().forEach((s, index) => {
 const out = {
   source: `${pkg.name}@${pkg.version}`,
   licence: 'State of the Union addresses: works of the US Government (no copyright, 17 U.S.C. 105); dataset files PDDL-1.0, contents CC0-1.0.',
-  heldOutRule: `chronological index % ${HELD_OUT_EVERY} === ${HELD_OUT_EVERY - 1} (as tools/train/prepare-data.mjs), first ${MAX_CHARS} characters`,
+  heldOutRule: `chronological index % ${HELD_OUT_EVERY} === ${HELD_OUT_EVERY - 1} as in tools/train/prepare-data.mjs, first ${MAX_CHARS} characters of each`,
   documents,
 };
 const file = join(dirname(fileURLToPath(import.meta.url)), 'sotu-heldout.json.gz');
