@@ -75,8 +75,6 @@ export {
   KV_CACHE_DTYPES,
   KvCacheStorage,
   kvElementBytes,
-  float32ToFloat16Bits,
-  float16BitsToFloat32,
   encodeFp16,
   decodeFp16,
   roundHalfToEven,

@@ -1,5 +1,5 @@
 import type { KvLayout } from '@tinyserve/core';
-import { ConfigError } from '@tinyserve/core';
+import { ConfigError, float16BitsToFloat32, float32ToFloat16Bits } from '@tinyserve/core';
 import { describe, expect, it } from 'vitest';
 import { randomArray, rng } from './__fixtures__/kv.js';
 import {
@@ -7,8 +7,6 @@ import {
   decodeFp16,
   dequantizeInt8,
   encodeFp16,
-  float16BitsToFloat32,
-  float32ToFloat16Bits,
   kvBytesPerPage,
   kvBytesPerToken,
   kvPagesForMemory,

@@ -1,5 +1,5 @@
 import type { KvCacheDtype, KvLayout } from '@tinyserve/core';
-import { ConfigError, RequestValidationError } from '@tinyserve/core';
+import { ConfigError, RequestValidationError, float16BitsToFloat32, float32ToFloat16Bits } from '@tinyserve/core';
 
 /**
  * KV cache element formats (`kvCacheDtype`):
@@ -25,47 +25,6 @@ export function kvElementBytes(dtype: KvCacheDtype): number {
     default:
       throw new ConfigError('kvCacheDtype', `must be one of 'fp32', 'fp16', 'int8', got '${String(dtype)}'`);
   }
-}
-
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-
-/** The IEEE binary16 bits of `x`, rounded to nearest, ties to even; overflow gives ±Infinity. */
-export function float32ToFloat16Bits(x: number): number {
-  f32[0] = x;
-  const bits = u32[0];
-  const sign = (bits >>> 16) & 0x8000;
-  const exp = (bits >>> 23) & 0xff;
-  const mant = bits & 0x7fffff;
-  if (exp === 0xff) return mant !== 0 ? sign | 0x7e00 | (mant >>> 13) : sign | 0x7c00;
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    // Subnormal half (or zero): shift the 24-bit significand right and round.
-    if (e < -10) return sign;
-    const m = mant | 0x800000;
-    const shift = 14 - e;
-    let half = m >>> shift;
-    const rem = m & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && (half & 1) === 1)) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  // A carry out of the mantissa bumps the exponent, up to Infinity: exactly IEEE's behaviour.
-  if (rem > 0x1000 || (rem === 0x1000 && (half & 1) === 1)) half++;
-  return sign | half;
-}
-
-/** The value of IEEE binary16 bits `h`. */
-export function float16BitsToFloat32(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1f;
-  const mant = h & 0x3ff;
-  if (exp === 0) return sign * mant * 2 ** -24;
-  if (exp === 0x1f) return mant !== 0 ? NaN : sign * Infinity;
-  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
 }
 
 let fp16Table: Float32Array | undefined;

@@ -1,6 +1,6 @@
-import { RequestValidationError } from '@tinyserve/core';
+import { RequestValidationError, float32ToFloat16Bits } from '@tinyserve/core';
 import type { KvCacheDtype } from '@tinyserve/core';
-import { decodeFp16, dequantizeInt8, float32ToFloat16Bits, quantizeInt8, updatePageMetadata } from '@tinyserve/kv-retriever';
+import { decodeFp16, dequantizeInt8, quantizeInt8, updatePageMetadata } from '@tinyserve/kv-retriever';
 import type { PageMetadataLayer } from '@tinyserve/kv-retriever';
 import { rotateHead } from './rope.js';
 import type { RopeTables } from './rope.js';
