@@ -102,3 +102,4 @@ export { hubCacheDir, repoCacheDir, findCachedSnapshot, missingModelFiles } from
 export type { HubEnv, CachedSnapshot } from './hub/hub-cache.js';
 export { parseModelId, describeInvalidModelId, isCommitHash, repoFolderName, DEFAULT_REVISION } from './hub/model-id.js';
 export type { HubModelId } from './hub/model-id.js';
+export { mulberry32 } from './random.js';

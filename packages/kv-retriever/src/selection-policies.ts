@@ -1,5 +1,5 @@
 import type { SelectionConfig } from '@tinyserve/core';
-import { ConfigError, Registry, RequestValidationError } from '@tinyserve/core';
+import { ConfigError, Registry, RequestValidationError, mulberry32 } from '@tinyserve/core';
 import { scorePages } from './page-score.js';
 import {
   CHOSEN,
@@ -149,18 +149,6 @@ function mix32(h: number, v: number): number {
   h ^= h >>> 13;
   h = Math.imul(h, 0xc2b2ae35);
   return (h ^ (h >>> 16)) >>> 0;
-}
-
-/** mulberry32: small, fast, and identical on every platform. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**

@@ -1,15 +1,9 @@
+import { mulberry32 } from '@tinyserve/core';
 import type { LoadedModel, ModelConfig, StreamDecoder, TensorData, Tokenizer } from '@tinyserve/core';
 
 /** Deterministic PRNG (mulberry32) so that fixtures are identical on every run. */
 export function makeRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 /** Standard normal draws (Box-Muller). */

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CancelledError, OverloadedError, RequestValidationError, normalizeRequest } from '@tinyserve/core';
+import { CancelledError, OverloadedError, RequestValidationError, normalizeRequest, mulberry32 } from '@tinyserve/core';
 import type { FinishReason, NormalizedRequest, StreamEvent, StreamDecoder, TinyServeRequest, TinyServeResponse, Tokenizer } from '@tinyserve/core';
 import type { BackendLoadedModel, BackendModelInfo, BackendStats, ServingBackend } from './backend.js';
 
@@ -70,17 +70,6 @@ export class FakeTokenizer implements Tokenizer {
     if (id >= WORD_BASE) return ` ${WORDS[id - WORD_BASE] ?? '?'}`;
     return String.fromCodePoint(id);
   }
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** As the scheduler's SessionInfo (the fields the fake can know). */

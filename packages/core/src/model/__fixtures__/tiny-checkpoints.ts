@@ -1,3 +1,4 @@
+import { mulberry32 } from '../../random.js';
 /**
  * Writes tiny random Hugging Face checkpoints (config.json, safetensors, tokenizer files) for
  * tests. Values come from a seeded generator so failures reproduce.
@@ -10,14 +11,7 @@ import { buildByteLevelTokenizer, buildSentencePieceTokenizer } from './tiny-tok
 
 /** mulberry32: a small, fast, seedable PRNG. */
 export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 export function randomTensor(shape: number[], rand: () => number, dtype: FloatSafetensorsDtype = 'F32'): SafetensorsWriteTensor {
