@@ -22,10 +22,10 @@ afterEach(() => vi.restoreAllMocks());
 describe('createExecutor', () => {
   const model = createRandomModel(llamaConfig({ numLayers: 1 }), 3);
 
-  it('registers wasm and cpu, and an unknown name lists them', async () => {
-    expect(executorBackends.names().sort()).toEqual(['cpu', 'wasm']);
+  it('registers wasm, cpu and cuda, and an unknown name lists them', async () => {
+    expect(executorBackends.names().sort()).toEqual(['cpu', 'cuda', 'wasm']);
     await expect(createExecutor('tpu', options(model))).rejects.toThrow(RegistryError);
-    await expect(createExecutor('tpu', options(model))).rejects.toThrow(/unknown executor backend 'tpu' \(registered: cpu, wasm\)/);
+    await expect(createExecutor('tpu', options(model))).rejects.toThrow(/unknown executor backend 'tpu' \(registered: cpu, cuda, wasm\)/);
   });
 
   it('creates executors that describe themselves', async () => {

@@ -30,3 +30,40 @@ export {
   layerAttentionParams,
 } from './kernels/register-kernels.js';
 export type { AttentionStep, StepPageSelector } from './kernels/register-kernels.js';
+
+// cuda
+export { loadCudaAddon, cudaAddonCandidates, resetCudaAddonCache } from './cuda/addon-loader.js';
+export type { LoadCudaAddonOptions, LoadedCudaAddon } from './cuda/addon-loader.js';
+export { CUDA_ADDON_ABI_VERSION, KV_DTYPE, META_DTYPE, BINARY_OP } from './cuda/addon-types.js';
+export type {
+  CudaAddon,
+  DeviceBuffer,
+  StepPlanHandle,
+  CudaDeviceInfo,
+  KvDtypeCode,
+  MetaDtypeCode,
+  PlanUpdateParams,
+  PlanInfo,
+  DecodeLayerArgs,
+  SparseLayerArgs,
+  AppendKvArgs,
+  PrefillLayerArgs,
+  TimedCall,
+  GemmArgs,
+  BinaryArgs,
+  GatherArgs,
+  NormArgs,
+  ActivationArgs,
+  RebuildMetadataArgs,
+  CopyTokensArgs,
+} from './cuda/addon-types.js';
+export { CudaKvCache } from './cuda/cuda-kv-cache.js';
+export type { CudaKvCacheOptions, CudaKvDtype, CudaMetaDtype } from './cuda/cuda-kv-cache.js';
+export { CudaStepPlan, trimPageTable, selectionTopK } from './cuda/step-plan.js';
+export { CudaBackend } from './cuda/cuda-backend.js';
+export { CUDA_BACKEND_NAME, CUDA_KERNEL_NAMES, registerCudaKernels, broadcastShape, broadcastStrides } from './cuda/cuda-kernels.js';
+export { CudaExecutor, activateCudaBackend } from './cuda/cuda-executor.js';
+export { benchmarkAttention, modeLabel } from './cuda/benchmark-attention.js';
+export type { BenchmarkAttentionParams, BenchmarkAttentionResult, BenchmarkMode, BenchmarkTuning } from './cuda/benchmark-attention.js';
+export { runGpuChecks, runAttentionScenario, defaultScenarios, relativeError } from './cuda/gpu-checks.js';
+export type { GpuCheckResult, AttentionScenario } from './cuda/gpu-checks.js';

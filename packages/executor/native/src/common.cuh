@@ -1,0 +1,110 @@
+// Shared device helpers: error checking, KV element formats, warp reductions.
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace ts {
+
+/** A CUDA call failed; the message names the call and CUDA's reason. */
+struct CudaError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/** Bad arguments from JavaScript (shape, dtype, range). */
+struct ArgError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw CudaError(std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+#define TS_CUDA(call) ::ts::check((call), #call)
+/** Launch errors surface on the next API call; ask right after each launch. */
+inline void checkLaunch(const char* kernel) { check(cudaGetLastError(), kernel); }
+
+/** Element formats, numbered as the TypeScript surface numbers them. */
+enum KvDtype : int { KV_F32 = 0, KV_F16 = 1 };
+enum MetaDtype : int { META_F32 = 0, META_F16 = 1 };
+
+constexpr float LOG2E = 1.4426950408889634f;
+
+/** 16-byte vector loads of KV rows, converted to float. */
+template <typename T>
+struct Kv;
+
+template <>
+struct Kv<float> {
+  static constexpr int VEC = 4;
+  struct Raw {
+    float4 v;
+  };
+  __device__ __forceinline__ static Raw load(const float* p) { return Raw{__ldg(reinterpret_cast<const float4*>(p))}; }
+  __device__ __forceinline__ static Raw zero() { return Raw{make_float4(0.f, 0.f, 0.f, 0.f)}; }
+  __device__ __forceinline__ static void toFloat(const Raw& r, float (&out)[VEC]) {
+    out[0] = r.v.x;
+    out[1] = r.v.y;
+    out[2] = r.v.z;
+    out[3] = r.v.w;
+  }
+  __device__ __forceinline__ static float toFloat1(float x) { return x; }
+  /** Stored value of x (what attention and the page metadata will see). */
+  __device__ __forceinline__ static float fromFloat(float x) { return x; }
+  __device__ __forceinline__ static float roundTrip(float x) { return x; }
+};
+
+template <>
+struct Kv<__half> {
+  static constexpr int VEC = 8;
+  struct Raw {
+    uint4 v;
+  };
+  __device__ __forceinline__ static Raw load(const __half* p) { return Raw{__ldg(reinterpret_cast<const uint4*>(p))}; }
+  __device__ __forceinline__ static Raw zero() { return Raw{make_uint4(0u, 0u, 0u, 0u)}; }
+  __device__ __forceinline__ static void toFloat(const Raw& r, float (&out)[VEC]) {
+    const __half2* h = reinterpret_cast<const __half2*>(&r.v);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float2 f = __half22float2(h[i]);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+  __device__ __forceinline__ static float toFloat1(__half x) { return __half2float(x); }
+  __device__ __forceinline__ static __half fromFloat(float x) { return __float2half_rn(x); }
+  __device__ __forceinline__ static float roundTrip(float x) { return __half2float(__float2half_rn(x)); }
+};
+
+__device__ __forceinline__ float warpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warpSum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/** Sum over the block (blockDim.x a multiple of 32, at most 1024); `scratch` holds 32 floats. */
+__device__ __forceinline__ float blockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < nw ? scratch[lane] : 0.f;
+  return warpSum(t);
+}
+
+/** exp2 that maps -inf to 0 without producing NaN for (-inf) - (-inf). */
+__device__ __forceinline__ float safeScale(float m, float M) { return m == -INFINITY ? 0.f : exp2f(m - M); }
+
+inline int ceilDiv(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace ts

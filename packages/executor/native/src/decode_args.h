@@ -1,0 +1,93 @@
+// Launch arguments of the attention kernels, shared by host and device code.
+#pragma once
+#include <cstdint>
+
+namespace ts {
+
+/** Upper bound on decode splits per (sequence, KV head, head chunk): bounds the merge's scratch. */
+constexpr int MAX_DECODE_SPLITS = 128;
+
+/** One decode step of one layer: one query per sequence. */
+struct DecodeArgs {
+  int numSeqs, numQHeads, numKvHeads, headDim, pageSize;
+  int groupSize;   // numQHeads / numKvHeads
+  int headsPerCta;  // GT: query heads one CTA takes (1, 2, 4 or 8)
+  int headChunks;   // CTAs per KV head: groupSize / headsPerCta rounded up
+  int numSplits;   // CTAs per (sequence, KV head, head chunk), merged flash-decoding style
+  const int* pageIndptr;
+  const int* pageIndices;
+  const int* lastPageLen;
+  const float* q;  // query head h of sequence s at q + s * qStride + h * headDim
+  long qStride;
+  const void* kCache;
+  const void* vCache;
+  float* out;  // same addressing as q, with outStride
+  long outStride;
+  float scaleLog2;  // logit scale * log2(e)
+  float* partial;   // [units * numSplits * SLOT]
+  int* counters;    // [units], zero between launches
+};
+
+/** The fused sparse step adds scoring and top-K selection per (sequence, KV head). */
+struct SparseArgs {
+  DecodeArgs d;
+  const void* metaMin;  // [numPages, numKvHeads, headDim], fp32 or fp16 (metaDtype)
+  const void* metaMax;
+  int metaDtype;
+  int aggregateSum;    // 0: max over the group's heads (default), 1: sum
+  const int* topK;     // per sequence: pages to keep, forced ones included; >= numPages means all
+  int sinkPages;
+  int maxPages;        // row stride of scores / selected
+  int scoreChunk;      // pages per scoring item
+  float* scores;       // [numSeqs * numKvHeads, maxPages]
+  int* selected;       // [numSeqs * numKvHeads, maxPages] logical pages, ascending
+  int* selectedCount;  // [numSeqs * numKvHeads]
+  int* scoreCounters;  // [numSeqs * numKvHeads], zero between launches
+  int* ready;          // [numSeqs * numKvHeads]: 1 once the pair's selection is written; re-armed to 0 by its last attender
+  int* pairDone;       // [numSeqs * numKvHeads]: head chunks of the pair finished (re-armed with `ready`)
+  int phases;          // bit 1: score and select, bit 2: attend (benchmark breakdowns); 3 normally
+};
+
+/** Causal attention of new tokens (prefill chunks, or any mix) over their sequences' pages. */
+struct PrefillArgs {
+  int numQHeads, numKvHeads, headDim, pageSize;
+  int groupSize, headChunks, headsPerChunk;
+  int numBlocks;
+  const int* blockSeq;    // per query block: its sequence
+  const int* blockRow;    // first token row of the block
+  const int* blockPos;    // position of that token (the block's tokens are consecutive)
+  const int* blockCount;  // tokens in the block
+  const int* pageIndptr;
+  const int* pageIndices;
+  const float* q;  // row r, head h at q + r * qStride + h * headDim
+  long qStride;
+  const void* kCache;
+  const void* vCache;
+  float* out;
+  long outStride;
+  float scaleLog2;
+};
+
+/** Append of new K/V rows (RoPE applied) with the page metadata update fused in. */
+struct AppendArgs {
+  int numTokens, numHeads, numKvHeads, headDim, pageSize;
+  const float* qkv;  // [numTokens, (numHeads + 2 * numKvHeads) * headDim] rows, stride qkvStride
+  long qkvStride;
+  float* qOut;  // rotated queries [numTokens, numHeads * headDim] (row stride qOutStride), or null
+  long qOutStride;
+  void* kCache;
+  void* vCache;
+  int kvDtype;
+  void* metaMin;  // null: no metadata
+  void* metaMax;
+  int metaDtype;
+  const int* tokenPage;  // physical page of each token
+  const int* tokenSlot;
+  const int* tokenPos;
+  const int* runStart;  // [numRuns + 1]: tokens of a run share one page, in slot order
+  int numRuns;
+  int rope;
+  double ropeTheta;
+};
+
+}  // namespace ts

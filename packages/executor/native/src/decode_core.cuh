@@ -1,0 +1,276 @@
+// The attention core shared by the dense and the fused sparse decode kernels: one CTA
+// attends the query heads of one KV head (up to GT of them) over a range of pages, split
+// into per-warp online softmaxes that are merged at the end; split results across CTAs are
+// merged flash-decoding style by the last CTA to finish (no second launch).
+#pragma once
+#include "common.cuh"
+#include "decode_args.h"
+
+namespace ts {
+
+constexpr int MAX_SPLITS = MAX_DECODE_SPLITS;
+
+/** Dense decode: logical page i of the sequence. */
+struct DensePages {
+  const int* indices;  // the sequence's physical pages
+  int numPages;
+  int lastLen;
+  int pageSize;
+  __device__ __forceinline__ void page(int i, int& phys, int& len) const {
+    phys = indices[i];
+    len = i == numPages - 1 ? lastLen : pageSize;
+  }
+};
+
+/** Sparse decode: the i-th selected logical page (selection written earlier in the same launch). */
+struct SelectedPages {
+  const int* selected;  // logical page ids, ascending
+  const int* indices;
+  int numPages;
+  int lastLen;
+  int pageSize;
+  __device__ __forceinline__ void page(int i, int& phys, int& len) const {
+    const int li = __ldcg(selected + i);
+    phys = indices[li];
+    len = li == numPages - 1 ? lastLen : pageSize;
+  }
+};
+
+template <typename KV, int D, int GT_, int NW>
+struct DecodeCore {
+  using K = Kv<KV>;
+  using KvType = KV;
+  static constexpr int HEAD_DIM = D;
+  static constexpr int GT = GT_;
+  static constexpr int VEC = K::VEC;
+  /** Threads sharing one K/V row (each loads 16 bytes of it). */
+  static constexpr int TPR = D / VEC;
+  static_assert(TPR >= 1 && TPR <= 32 && (TPR & (TPR - 1)) == 0, "head dim must be VEC * 2^k, at most 32 * VEC");
+  /** Rows a warp covers per load; U loads per thread per step keep several 16-byte loads in flight. */
+  static constexpr int RPW = 32 / TPR;
+  static constexpr int U = RPW >= 16 ? 1 : (16 / RPW > 4 ? 4 : 16 / RPW);
+  static constexpr int SLOT = GT * (D + 2);
+  /** Per-warp results, the merged result, and the split weights of the merge. */
+  static constexpr int SMEM_FLOATS = (NW + 1) * SLOT + GT * MAX_SPLITS;
+
+  /**
+   * Attends heads [0, gCount) of `q` (rows of D floats, head-major) over pages [iBeg, iEnd) of
+   * `src`. Leaves the CTA's merged (acc[GT][D], m[GT], l[GT]) at `result(smem)`, m in log2 units.
+   */
+  template <class Pages>
+  __device__ static void run(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc, int kvHead,
+                             int numKvHeads, int pageSize, const Pages& src, int iBeg, int iEnd, int gCount,
+                             float scaleLog2, float* smem) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row = lane / TPR, col = (lane % TPR) * VEC;
+    float qr[GT][VEC];
+#pragma unroll
+    for (int g = 0; g < GT; g++)
+#pragma unroll
+      for (int v = 0; v < VEC; v++) qr[g][v] = g < gCount ? q[g * D + col + v] * scaleLog2 : 0.f;
+    float m[GT], l[GT], acc[GT][VEC];
+#pragma unroll
+    for (int g = 0; g < GT; g++) {
+      m[g] = -INFINITY;
+      l[g] = 0.f;
+#pragma unroll
+      for (int v = 0; v < VEC; v++) acc[g][v] = 0.f;
+    }
+    const long rowStride = (long)numKvHeads * D;
+    for (int i = iBeg + warp; i < iEnd; i += NW) {
+      int phys, len;
+      src.page(i, phys, len);
+      const long first = (long)phys * pageSize * rowStride + (long)kvHead * D + col;
+      const KV* kb = kc + first;
+      const KV* vb = vc + first;
+      for (int t0 = 0; t0 < len; t0 += RPW * U) {
+        typename K::Raw kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+          const int t = t0 + u * RPW + row;
+          if (t < len) {
+            kr[u] = K::load(kb + t * rowStride);
+            vr[u] = K::load(vb + t * rowStride);
+          } else {
+            kr[u] = K::zero();
+            vr[u] = K::zero();
+          }
+        }
+        float s[U][GT];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+          float kf[VEC];
+          K::toFloat(kr[u], kf);
+#pragma unroll
+          for (int g = 0; g < GT; g++) {
+            float d = 0.f;
+#pragma unroll
+            for (int v = 0; v < VEC; v++) d = fmaf(qr[g][v], kf[v], d);
+            s[u][g] = d;
+          }
+        }
+#pragma unroll
+        for (int o = TPR / 2; o > 0; o >>= 1)
+#pragma unroll
+          for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int g = 0; g < GT; g++) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+          if (t0 + u * RPW + row >= len)
+#pragma unroll
+            for (int g = 0; g < GT; g++) s[u][g] = -INFINITY;
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+          float mx = s[0][g];
+#pragma unroll
+          for (int u = 1; u < U; u++) mx = fmaxf(mx, s[u][g]);
+#pragma unroll
+          for (int o = TPR; o < 32; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+          if (mx > m[g]) {  // warp-uniform: mx and m are the same on every lane
+            const float a = safeScale(m[g], mx);
+            l[g] *= a;
+#pragma unroll
+            for (int v = 0; v < VEC; v++) acc[g][v] *= a;
+            m[g] = mx;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+          float vf[VEC];
+          K::toFloat(vr[u], vf);
+#pragma unroll
+          for (int g = 0; g < GT; g++) {
+            const float p = exp2f(s[u][g] - m[g]);
+            l[g] += p;
+#pragma unroll
+            for (int v = 0; v < VEC; v++) acc[g][v] = fmaf(p, vf[v], acc[g][v]);
+          }
+        }
+      }
+    }
+    // Rows of a warp hold different tokens: sum their partial sums (m is warp-uniform).
+#pragma unroll
+    for (int o = TPR; o < 32; o <<= 1)
+#pragma unroll
+      for (int g = 0; g < GT; g++) {
+        l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+#pragma unroll
+        for (int v = 0; v < VEC; v++) acc[g][v] += __shfl_xor_sync(0xffffffffu, acc[g][v], o);
+      }
+    float* w = smem + warp * SLOT;
+    if (row == 0)
+#pragma unroll
+      for (int g = 0; g < GT; g++)
+#pragma unroll
+        for (int v = 0; v < VEC; v++) w[g * D + col + v] = acc[g][v];
+    if (lane == 0)
+#pragma unroll
+      for (int g = 0; g < GT; g++) {
+        w[GT * D + g] = m[g];
+        w[GT * D + GT + g] = l[g];
+      }
+    __syncthreads();
+    float* res = result(smem);
+    for (int idx = threadIdx.x; idx < GT * D; idx += blockDim.x) {
+      const int g = idx / D;
+      float M = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < NW; k++) M = fmaxf(M, smem[k * SLOT + GT * D + g]);
+      float A = 0.f, L = 0.f;
+#pragma unroll
+      for (int k = 0; k < NW; k++) {
+        const float c = safeScale(smem[k * SLOT + GT * D + g], M);
+        A += smem[k * SLOT + idx] * c;
+        L += smem[k * SLOT + GT * D + GT + g] * c;
+      }
+      res[idx] = A;
+      if (idx % D == 0) {
+        res[GT * D + g] = M;
+        res[GT * D + GT + g] = L;
+      }
+    }
+    __syncthreads();
+  }
+
+  __device__ static float* result(float* smem) { return smem + NW * SLOT; }
+
+  /** Merge scratch: the merged M and L per head, then the split weights. */
+  __device__ static float* mergeMl(float* smem) { return smem; }
+  __device__ static float* mergeWeights(float* smem) { return smem + (NW + 1) * SLOT; }
+};
+
+/** out[g * D + d] = acc / l for a core's merged result (zeros where nothing was attended). */
+template <class Core>
+__device__ void writeFinal(const float* res, float* __restrict__ out, int gCount) {
+  constexpr int D = Core::HEAD_DIM, GT = Core::GT;
+  for (int idx = threadIdx.x; idx < gCount * D; idx += blockDim.x) {
+    const int g = idx / D;
+    const float L = res[GT * D + GT + g];
+    out[idx] = L > 0.f ? res[idx] / L : 0.f;
+  }
+}
+
+/**
+ * Stores this CTA's result as split `split` of `unit`; the last CTA of the unit to arrive
+ * merges all splits into `out` and re-arms the unit's counter for the next launch. Returns
+ * whether this CTA wrote the unit's output (the only split, or the merger).
+ */
+template <class Core>
+__device__ bool finishDecode(float* smem, int numSplits, int split, float* __restrict__ partial, int* counters, int unit,
+                             float* __restrict__ out, int gCount) {
+  constexpr int D = Core::HEAD_DIM, GT = Core::GT, SLOT = Core::SLOT;
+  const float* res = Core::result(smem);
+  if (numSplits == 1) {
+    writeFinal<Core>(res, out, gCount);
+    return true;
+  }
+  float* mine = partial + ((long)unit * numSplits + split) * SLOT;
+  for (int idx = threadIdx.x; idx < SLOT; idx += blockDim.x) __stcg(mine + idx, res[idx]);
+  // Barrier, then one device-scope fence by the thread that signals (cumulative over the CTA's stores).
+  __syncthreads();
+  __shared__ int last;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(counters + unit, 1) == numSplits - 1;
+    if (last) __threadfence();
+  }
+  __syncthreads();
+  if (!last) return false;
+  const float* all = partial + (long)unit * numSplits * SLOT;
+  float* weights = Core::mergeWeights(smem);  // [GT][MAX_SPLITS]
+  float* ML = Core::mergeMl(smem);            // [GT] M then [GT] L
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  // Loads are issued in unrolled batches: the merge sits on the tail of the launch, where
+  // one L2 round trip per split would dominate small steps.
+  for (int g = warp; g < gCount; g += nw) {
+    float M = -INFINITY;
+#pragma unroll 4
+    for (int k = lane; k < numSplits; k += 32) M = fmaxf(M, __ldcg(all + k * SLOT + GT * D + g));
+    M = warpMax(M);
+    float L = 0.f;
+#pragma unroll 4
+    for (int k = lane; k < numSplits; k += 32) {
+      const float c = safeScale(__ldcg(all + k * SLOT + GT * D + g), M);
+      weights[g * MAX_SPLITS + k] = c;
+      L += __ldcg(all + k * SLOT + GT * D + GT + g) * c;
+    }
+    L = warpSum(L);
+    if (lane == 0) ML[GT + g] = L;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < gCount * D; idx += blockDim.x) {
+    const int g = idx / D;
+    float A = 0.f;
+#pragma unroll 8
+    for (int k = 0; k < numSplits; k++) A += __ldcg(all + k * SLOT + idx) * weights[g * MAX_SPLITS + k];
+    const float L = ML[GT + g];
+    out[idx] = L > 0.f ? A / L : 0.f;
+  }
+  if (threadIdx.x == 0) counters[unit] = 0;
+  // A persistent caller's next item rewrites the scratch read above.
+  __syncthreads();
+  return true;
+}
+
+}  // namespace ts

@@ -1,0 +1,237 @@
+// The decode attention core on tensor cores, for fp16 KV and grouped-query attention: the up
+// to 16 query heads of one KV head form the 16 rows of an m16n8k16 tile, so a K/V page is read
+// once for the whole group and q.k and p.v run as mma.sync instead of per-head dot products.
+// Each warp streams its pages through a two-stage cp.async ring in shared memory (16 tokens a
+// tile). Queries enter as a hi + lo pair of fp16 matrices, so logits keep fp32 accuracy;
+// probabilities are rounded to fp16 for p.v (and the normaliser sums the same rounded values).
+#pragma once
+#include "common.cuh"
+#include "decode_args.h"
+#include "mma.cuh"
+
+namespace ts {
+
+template <int D, int NW>
+struct TcDecodeCore {
+  using KV = __half;
+  using KvType = __half;
+  static constexpr int HEAD_DIM = D;
+  static constexpr int GT = 16;
+  static_assert(D % 16 == 0 && D <= 128, "tensor-core decode needs a head dim multiple of 16, at most 128");
+  static constexpr int KSTEPS = D / 16;  // k-steps of q.k
+  static constexpr int NTILES = D / 8;   // n-tiles of p.v
+  static constexpr int ROW = D + 8;      // padded smem row (halves): ldmatrix rows land in distinct banks
+  static constexpr int TILE_HALVES = 16 * ROW;
+  static constexpr int STAGE_HALVES = 2 * TILE_HALVES;  // K and V
+  /**
+   * Tiles in the ring per warp. Two measured best on an H200 (84 us against 101 us for three at
+   * batch 8, 32K tokens): a third stage costs a quarter of the resident CTAs in shared memory.
+   */
+  static constexpr int STAGES = 2;
+  static constexpr int WARP_BYTES_STAGING = STAGES * STAGE_HALVES * 2;
+  static constexpr int SLOT = GT * (D + 2);
+  static constexpr int WARP_BYTES = WARP_BYTES_STAGING > SLOT * 4 ? WARP_BYTES_STAGING : SLOT * 4;
+  static constexpr int WARP_FLOATS = WARP_BYTES / 4;
+  /** Per-warp areas (staging, then the warp's result), the merged result, the split weights. */
+  static constexpr int SMEM_FLOATS = NW * WARP_FLOATS + SLOT;
+  static constexpr int WEIGHTS_OFFSET = 2 * GT;  // aliases the per-warp areas, used after all warps finish
+  static_assert(2 * GT + GT * MAX_DECODE_SPLITS <= NW * WARP_FLOATS, "merge scratch must fit the per-warp areas");
+
+  __device__ static float* result(float* smem) { return smem + NW * WARP_FLOATS; }
+  __device__ static float* mergeMl(float* smem) { return smem; }
+  __device__ static float* mergeWeights(float* smem) { return smem + WEIGHTS_OFFSET; }
+
+  template <class Pages>
+  __device__ static void run(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc, int kvHead,
+                             int numKvHeads, int pageSize, const Pages& src, int iBeg, int iEnd, int gCount, float scaleLog2,
+                             float* smem) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t4 = lane & 3;
+    __half* stage = reinterpret_cast<__half*>(smem + warp * WARP_FLOATS);
+
+    // A fragments of the scaled queries (rows = heads), split into fp16 hi + lo parts.
+    uint32_t qhi[KSTEPS][4], qlo[KSTEPS][4];
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ks++) {
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const int row = g + ((r & 1) ? 8 : 0);
+        const int col = ks * 16 + 2 * t4 + ((r & 2) ? 8 : 0);
+        float x0 = 0.f, x1 = 0.f;
+        if (row < gCount) {
+          x0 = q[row * D + col] * scaleLog2;
+          x1 = q[row * D + col + 1] * scaleLog2;
+        }
+        const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
+        qhi[ks][r] = packHalf2(__half2float(h0), __half2float(h1));
+        qlo[ks][r] = packHalf2(x0 - __half2float(h0), x1 - __half2float(h1));
+      }
+    }
+    float o[NTILES][4];
+#pragma unroll
+    for (int j = 0; j < NTILES; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows g and g + 8
+
+    const long rowStride = (long)numKvHeads * D;
+    const int tilesPerPage = (pageSize + 15) / 16;
+    // This warp's tiles: pages iBeg + warp, + NW, ..., each in tiles of 16 tokens.
+    const int myPages = iEnd > iBeg + warp ? (iEnd - iBeg - warp + NW - 1) / NW : 0;
+    const int numTiles = myPages * tilesPerPage;
+
+    auto issue = [&](int tile, int buf) {
+      const int i = iBeg + warp + (tile / tilesPerPage) * NW;
+      const int t0 = (tile % tilesPerPage) * 16;
+      int phys, len;
+      src.page(i, phys, len);
+      const long first = (long)phys * pageSize * rowStride + (long)kvHead * D;
+      __half* ks = stage + buf * STAGE_HALVES;
+      __half* vs = ks + TILE_HALVES;
+      constexpr int CHUNKS = 16 * D / 8;  // 16-byte chunks per tile
+#pragma unroll
+      for (int c = lane; c < CHUNKS; c += 32) {
+        const int r = c / (D / 8), cc = (c % (D / 8)) * 8;
+        const int t = t0 + r;
+        const bool ok = t < len;
+        const long off = first + (long)(ok ? t : 0) * rowStride + cc;
+        cpAsync16(ks + r * ROW + cc, kc + off, ok ? 16 : 0);
+        cpAsync16(vs + r * ROW + cc, vc + off, ok ? 16 : 0);
+      }
+      cpAsyncCommit();
+      return len - t0;  // valid tokens in the tile (may exceed 16)
+    };
+
+    // A ring of STAGES tiles: up to STAGES - 1 loads in flight while one tile is consumed.
+    int validRing[STAGES];
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; st++) validRing[st] = st < numTiles ? issue(st, st) : 0;
+    for (int tile = 0; tile < numTiles; tile++) {
+      const int buf = tile % STAGES;
+      int valid = 0;
+#pragma unroll
+      for (int st = 0; st < STAGES; st++)
+        if (st == buf) valid = validRing[st];
+      const int ahead = tile + STAGES - 1;
+      if (ahead < numTiles) {
+        const int v = issue(ahead, ahead % STAGES);
+#pragma unroll
+        for (int st = 0; st < STAGES; st++)
+          if (st == ahead % STAGES) validRing[st] = v;
+        cpAsyncWait<STAGES - 1>();
+      } else {
+        // Fewer loads are pending near the end: wait for all (the tail is short).
+        cpAsyncWait<0>();
+      }
+      __syncwarp();
+      const __half* ks = stage + buf * STAGE_HALVES;
+      const __half* vs = ks + TILE_HALVES;
+
+      // s = q k^T for 16 tokens: two n-tiles of 8 tokens.
+      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+      for (int k = 0; k < KSTEPS; k++) {
+        uint32_t b[4];
+        // matrices: (tokens 0-7, dims k0..+7), (tokens 0-7, dims k0+8..), (tokens 8-15, k0..), (tokens 8-15, k0+8..)
+        const int mtx = lane >> 3, r = lane & 7;
+        ldmatrixX4(b, ks + ((mtx >> 1) * 8 + r) * ROW + k * 16 + (mtx & 1) * 8);
+        mma16816(s[0], qhi[k], b[0], b[1]);
+        mma16816(s[0], qlo[k], b[0], b[1]);
+        mma16816(s[1], qhi[k], b[2], b[3]);
+        mma16816(s[1], qlo[k], b[2], b[3]);
+      }
+      // Mask tokens past the page's end; rows g (c0, c1) and g + 8 (c2, c3).
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 2; n++)
+#pragma unroll
+        for (int c = 0; c < 2; c++) {
+          const int t = n * 8 + 2 * t4 + c;
+          if (t >= valid) s[n][c] = s[n][c + 2] = -INFINITY;
+          mx0 = fmaxf(mx0, s[n][c]);
+          mx1 = fmaxf(mx1, s[n][c + 2]);
+        }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+      const float a0 = safeScale(m0, n0), a1 = safeScale(m1, n1);
+      m0 = n0;
+      m1 = n1;
+      l0 *= a0;
+      l1 *= a1;
+#pragma unroll
+      for (int j = 0; j < NTILES; j++) {
+        o[j][0] *= a0;
+        o[j][1] *= a0;
+        o[j][2] *= a1;
+        o[j][3] *= a1;
+      }
+      // p in fp16 as the A operand of p.v (the C layout of two n-tiles is the A layout).
+      uint32_t pa[4];
+#pragma unroll
+      for (int n = 0; n < 2; n++) {
+        const __half2 p01 = __floats2half2_rn(n0 == -INFINITY ? 0.f : exp2f(s[n][0] - n0), n0 == -INFINITY ? 0.f : exp2f(s[n][1] - n0));
+        const __half2 p23 = __floats2half2_rn(n1 == -INFINITY ? 0.f : exp2f(s[n][2] - n1), n1 == -INFINITY ? 0.f : exp2f(s[n][3] - n1));
+        const float2 f01 = __half22float2(p01), f23 = __half22float2(p23);
+        l0 += f01.x + f01.y;
+        l1 += f23.x + f23.y;
+        pa[n * 2] = *reinterpret_cast<const uint32_t*>(&p01);
+        pa[n * 2 + 1] = *reinterpret_cast<const uint32_t*>(&p23);
+      }
+      // o += p v: k = 16 tokens, n-tiles of 8 dims, two per ldmatrix.x4.trans.
+#pragma unroll
+      for (int j = 0; j < NTILES; j += 2) {
+        uint32_t b[4];
+        // matrices: (tokens 0-7, dims 8j..), (tokens 8-15, dims 8j..), (tokens 0-7, dims 8j+8..), (tokens 8-15, dims 8j+8..)
+        const int mtx = lane >> 3, r = lane & 7;
+        ldmatrixX4Trans(b, vs + ((mtx & 1) * 8 + r) * ROW + j * 8 + (mtx >> 1) * 8);
+        mma16816(o[j], pa, b[0], b[1]);
+        mma16816(o[j + 1], pa, b[2], b[3]);
+      }
+      __syncwarp();  // this buffer is refilled STAGES - 1 tiles later
+    }
+    // Row sums over the quad, then this warp's result into its area (staging is done).
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    float* w = smem + warp * WARP_FLOATS;
+#pragma unroll
+    for (int j = 0; j < NTILES; j++) {
+      const int d = j * 8 + 2 * t4;
+      w[g * D + d] = o[j][0];
+      w[g * D + d + 1] = o[j][1];
+      w[(g + 8) * D + d] = o[j][2];
+      w[(g + 8) * D + d + 1] = o[j][3];
+    }
+    if (t4 == 0) {
+      w[GT * D + g] = m0;
+      w[GT * D + g + 8] = m1;
+      w[GT * D + GT + g] = l0;
+      w[GT * D + GT + g + 8] = l1;
+    }
+    __syncthreads();
+    float* res = result(smem);
+    for (int idx = threadIdx.x; idx < GT * D; idx += blockDim.x) {
+      const int gg = idx / D;
+      float M = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < NW; k++) M = fmaxf(M, smem[k * WARP_FLOATS + GT * D + gg]);
+      float A = 0.f, L = 0.f;
+#pragma unroll
+      for (int k = 0; k < NW; k++) {
+        const float c = safeScale(smem[k * WARP_FLOATS + GT * D + gg], M);
+        A += smem[k * WARP_FLOATS + idx] * c;
+        L += smem[k * WARP_FLOATS + GT * D + GT + gg] * c;
+      }
+      res[idx] = A;
+      if (idx % D == 0) {
+        res[GT * D + gg] = M;
+        res[GT * D + GT + gg] = L;
+      }
+    }
+    __syncthreads();
+  }
+};
+
+}  // namespace ts

@@ -1,0 +1,53 @@
+// The per-step plan: the batch's page tables and token placement on the device, the
+// decode split counts and the kernels' scratch, built once per forward step and used by
+// every layer's append and attention calls.
+#pragma once
+#include <vector>
+
+#include "decode_args.h"
+#include "device.h"
+
+namespace ts {
+
+struct PlanParams {
+  int numQHeads = 0, numKvHeads = 0, headDim = 0, pageSize = 0, kvDtype = 0;
+  /** Pages in the KV pool (bounds check of pageIndices). */
+  int numPagesTotal = 0;
+  /** CSR: sequence s owns exactly ceil(seqLens[s] / pageSize) pages. */
+  std::vector<int> pageIndptr, pageIndices, seqLens;
+  /** Rows of the step's new tokens per sequence (the last tokens of each sequence); empty: one per sequence. */
+  std::vector<int> queryIndptr;
+  /** Per sequence, pages kept by sparse selection (forced ones included); empty: no sparse. */
+  std::vector<int> topK;
+  int sinkPages = 0;
+  /** 0: chosen from the GPU's size. */
+  int denseSplits = 0, sparseSplits = 0;
+  int minPagesPerSplit = 8;
+  /** Query heads per decode CTA (1, 2, 4 or 8; 0: the group size rounded up). */
+  int headsPerCta = 0;
+  /** Resident CTAs the split heuristic counts with; 0: SMs x the kernel's occupancy. */
+  int targetCtas = 0;
+};
+
+struct StepPlan {
+  int numSeqs = 0, numTokens = 0, numQHeads = 0, numKvHeads = 0, headDim = 0, pageSize = 0, kvDtype = 0;
+  int groupSize = 0, headsPerCta = 0, headChunks = 0, maxPages = 0, sinkPages = 0;
+  bool decodeOnly = false, hasSparse = false;
+  int denseSplits = 1, sparseSplits = 1, sparseGrid = 0, sparseSmem = 0, scoreChunk = 128;
+  int numRuns = 0, numBlocks = 0, prefillHeads = 0, prefillChunks = 0;
+  long kvPoolElems = 0;
+
+  Scratch ints, partial, counters, scores, selected, selectedCount;
+  int *pageIndptr = nullptr, *pageIndices = nullptr, *lastLen = nullptr, *topK = nullptr;
+  int *tokenPage = nullptr, *tokenSlot = nullptr, *tokenPos = nullptr, *runStart = nullptr;
+  int *blockSeq = nullptr, *blockRow = nullptr, *blockPos = nullptr, *blockCount = nullptr;
+
+  void update(const PlanParams& p);
+  /** Frees the device scratch; the plan describes no step until the next update. */
+  void release();
+  ~StepPlan() { release(); }
+
+  DecodeArgs decodeArgs(int splits) const;
+};
+
+}  // namespace ts

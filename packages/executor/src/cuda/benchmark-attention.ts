@@ -1,0 +1,228 @@
+/**
+ * Times the CUDA decode attention kernels on synthetic paged KV caches: dense, and the fused
+ * query-aware sparse step at given selection ratios or token budgets. Time is measured with
+ * CUDA events around back-to-back launches, rotating over enough copies of the cache that
+ * repeated runs do not measure the L2 cache. Bytes are those the kernel must read (the KV of
+ * every attended token, the page metadata and the score scratch for sparse, queries and
+ * outputs), reported against the device's measured copy bandwidth.
+ */
+import { RequestValidationError } from '@tinyserve/core';
+import type { CudaAddon, DeviceBuffer, PlanInfo, TimedCall } from './addon-types.js';
+import { KV_DTYPE, META_DTYPE } from './addon-types.js';
+import { loadCudaAddon } from './addon-loader.js';
+import { CudaStepPlan, selectionTopK } from './step-plan.js';
+
+export type BenchmarkMode =
+  | { kind: 'dense' }
+  | { kind: 'sparse'; selectionRatio?: number; tokenBudget?: number | null; sinkPages?: number };
+
+export interface BenchmarkTuning {
+  denseSplits?: number;
+  sparseSplits?: number;
+  headsPerCta?: number;
+  minPagesPerSplit?: number;
+  targetCtas?: number;
+}
+
+export interface BenchmarkAttentionParams {
+  /** Default: the addon from `loadCudaAddon()`. */
+  addon?: CudaAddon;
+  batchSize: number;
+  /** Context tokens per sequence (the current one included). */
+  inputSize: number;
+  numQHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  pageSize?: number;
+  kvDtype?: 'fp16' | 'fp32';
+  metaDtype?: 'fp16' | 'fp32';
+  modes?: BenchmarkMode[];
+  /** Pages in the KV pool; default: what the batch needs times the rotation copies. */
+  numPages?: number;
+  iterations?: number;
+  warmup?: number;
+  tuning?: BenchmarkTuning;
+  /** The device's copy bandwidth in GB/s (read + write); measured when absent. */
+  copyGbPerSecond?: number;
+}
+
+export interface BenchmarkAttentionResult {
+  mode: string;
+  batchSize: number;
+  inputSize: number;
+  numQHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  pageSize: number;
+  kvDtype: string;
+  metaDtype: string;
+  /** GPU time per call: CUDA graph replay when the launches can be captured, else back-to-back launches. */
+  microseconds: number;
+  /** Per call with each launch issued from the host (includes launch overhead when it dominates). */
+  microsecondsEager: number;
+  /** Bytes the call must read or write. */
+  bytes: number;
+  gbPerSecond: number;
+  fractionOfCopy: number;
+  /** (page, KV head) pairs attended over those a dense step attends. */
+  pagesAttended: number;
+  pagesTotal: number;
+  /** Copies of the cache rotated through while timing. */
+  rotations: number;
+  /** Sparse only: the same launch running just scoring + selection, and just the attention. */
+  selectMicroseconds?: number;
+  attendMicroseconds?: number;
+  plan: PlanInfo;
+}
+
+export function modeLabel(m: BenchmarkMode): string {
+  if (m.kind === 'dense') return 'dense';
+  if (m.tokenBudget) return `sparse budget ${m.tokenBudget}`;
+  return `sparse ratio ${+(m.selectionRatio ?? 1).toFixed(4)}`;
+}
+
+function positive(field: string, v: number): number {
+  if (!(Number.isInteger(v) && v > 0)) throw new RequestValidationError(field, `must be a positive integer, got ${v}`);
+  return v;
+}
+
+/** Runs every mode of `params.modes` (default: dense) on one synthetic cache. */
+export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkAttentionResult[] {
+  const addon = params.addon ?? loadCudaAddon().addon;
+  const B = positive('batchSize', params.batchSize);
+  const N = positive('inputSize', params.inputSize);
+  const Hq = positive('numQHeads', params.numQHeads);
+  const Hk = positive('numKvHeads', params.numKvHeads);
+  const D = positive('headDim', params.headDim);
+  const ps = positive('pageSize', params.pageSize ?? 16);
+  const kvDtype = params.kvDtype ?? 'fp16';
+  const metaDtype = params.metaDtype ?? 'fp16';
+  const modes = params.modes ?? [{ kind: 'dense' }];
+  const iterations = params.iterations ?? 50;
+  const warmup = params.warmup ?? 5;
+  const elem = kvDtype === 'fp16' ? 2 : 4;
+  const metaBytes = metaDtype === 'fp16' ? 2 : 4;
+  const pagesPerSeq = Math.ceil(N / ps);
+  const setPages = B * pagesPerSeq;
+  const setBytes = setPages * ps * Hk * D * elem * 2;
+  const device = addon.deviceInfo();
+  // Enough copies that the rotation does not fit the L2 cache three times over, memory permitting.
+  const free = addon.memoryInfo().free;
+  let rotations = Math.min(16, Math.max(1, Math.ceil((3 * device.l2CacheBytes) / setBytes)));
+  while (rotations > 1 && rotations * setBytes > 0.6 * free) rotations--;
+  const numPages = params.numPages ?? rotations * setPages;
+  if (numPages < rotations * setPages) {
+    throw new RequestValidationError('numPages', `${numPages} pages cannot hold ${rotations} copies of ${setPages} pages`);
+  }
+  const copyGbps = params.copyGbPerSecond ?? addon.copyBandwidth(256 * 2 ** 20, 20).gbPerSecond;
+
+  const owned: DeviceBuffer[] = [];
+  const alloc = (bytes: number): DeviceBuffer => {
+    const b = addon.alloc(bytes);
+    owned.push(b);
+    return b;
+  };
+  const poolElems = numPages * ps * Hk * D;
+  const k = alloc(poolElems * elem);
+  const v = alloc(poolElems * elem);
+  const metaElems = numPages * Hk * D;
+  const metaMin = alloc(metaElems * metaBytes);
+  const metaMax = alloc(metaElems * metaBytes);
+  const q = alloc(B * Hq * D * 4);
+  const out = alloc(B * Hq * D * 4);
+  const plans: CudaStepPlan[] = [];
+  try {
+    const kvCode = KV_DTYPE[kvDtype];
+    const metaCode = META_DTYPE[metaDtype];
+    addon.randomFill({ dst: k, count: poolElems, dtype: kvCode, seed: 11 });
+    addon.randomFill({ dst: v, count: poolElems, dtype: kvCode, seed: 12 });
+    addon.randomFill({ dst: q, count: B * Hq * D, dtype: 0, seed: 13 });
+    const lastLen = N - (pagesPerSeq - 1) * ps;
+    const allPages = Int32Array.from({ length: numPages }, (_, i) => i);
+    const fills = new Int32Array(numPages).fill(ps);
+    for (let i = 0; i < rotations * B; i++) fills[i * pagesPerSeq + pagesPerSeq - 1] = lastLen;
+    addon.fill({ dst: metaMin, count: metaElems, dtype: metaCode, value: Infinity });
+    addon.fill({ dst: metaMax, count: metaElems, dtype: metaCode, value: -Infinity });
+    addon.rebuildMetadata({ k, kvDtype: kvCode, metaMin, metaMax, metaDtype: metaCode, pages: allPages, fills, pageSize: ps, numKvHeads: Hk, headDim: D, numPagesTotal: numPages });
+    const seqLens = new Int32Array(B).fill(N);
+    const pageIndptr = Int32Array.from({ length: B + 1 }, (_, s) => s * pagesPerSeq);
+
+    const results: BenchmarkAttentionResult[] = [];
+    for (const mode of modes) {
+      const topK =
+        mode.kind === 'sparse'
+          ? selectionTopK(seqLens, ps, { selectionRatio: mode.selectionRatio ?? 1, tokenBudget: mode.tokenBudget ?? null })
+          : undefined;
+      const calls: TimedCall[] = [];
+      let info: PlanInfo | null = null;
+      for (let r = 0; r < rotations; r++) {
+        const plan = new CudaStepPlan(addon);
+        plans.push(plan);
+        info = plan.update({
+          numQHeads: Hq,
+          numKvHeads: Hk,
+          headDim: D,
+          pageSize: ps,
+          kvDtype: kvCode,
+          numPagesTotal: numPages,
+          pageIndptr,
+          pageIndices: Int32Array.from({ length: setPages }, (_, i) => r * setPages + i),
+          seqLens,
+          topK,
+          sinkPages: mode.kind === 'sparse' ? (mode.sinkPages ?? 1) : 0,
+          ...params.tuning,
+        });
+        const args = { q, k, v, out, metaMin, metaMax, metaDtype: metaCode };
+        calls.push({ op: mode.kind, plan: plan.handle, args });
+      }
+      const rounds = Math.max(1, Math.ceil(iterations / rotations));
+      const perCall = (t: { eager: number; graph: number }) => ({
+        gpu: ((Number.isNaN(t.graph) ? t.eager : t.graph) * 1000) / rotations,
+        eager: (t.eager * 1000) / rotations,
+      });
+      const timed = perCall(addon.timeCalls(calls, rounds, warmup));
+      const us = timed.gpu;
+      const phaseUs = (phases: 1 | 2): number => perCall(addon.timeCalls(calls.map((c) => ({ ...c, args: { ...c.args, phases } })), rounds, 1)).gpu;
+      const breakdown = mode.kind === 'sparse' ? { selectMicroseconds: phaseUs(1), attendMicroseconds: phaseUs(2) } : {};
+      let attendedTokens = B * N * Hk;
+      let pagesAttended = setPages * Hk;
+      let extra = 0;
+      if (mode.kind === 'sparse') {
+        const sel = addon.readSelection(plans[plans.length - 1].handle);
+        pagesAttended = sel.pages.length;
+        attendedTokens = 0;
+        for (const li of sel.pages) attendedTokens += li === pagesPerSeq - 1 ? lastLen : ps;
+        // Metadata of every page, and the page scores written then read back for selection.
+        extra = setPages * Hk * D * 2 * metaBytes + 2 * setPages * Hk * 4;
+      }
+      const bytes = attendedTokens * D * 2 * elem + extra + 2 * B * Hq * D * 4;
+      const gbps = bytes / (us * 1e-6) / 1e9;
+      results.push({
+        mode: modeLabel(mode),
+        batchSize: B,
+        inputSize: N,
+        numQHeads: Hq,
+        numKvHeads: Hk,
+        headDim: D,
+        pageSize: ps,
+        kvDtype,
+        metaDtype,
+        microseconds: us,
+        microsecondsEager: timed.eager,
+        bytes,
+        gbPerSecond: gbps,
+        fractionOfCopy: gbps / copyGbps,
+        pagesAttended,
+        pagesTotal: setPages * Hk,
+        rotations,
+        plan: info!,
+        ...breakdown,
+      });
+    }
+    return results;
+  } finally {
+    addon.synchronize();
+    for (const p of plans) p.release();
+    for (const b of owned) addon.free(b);
+  }
+}

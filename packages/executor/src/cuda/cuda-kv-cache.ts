@@ -1,0 +1,208 @@
+import { ConfigError, RequestValidationError, kvElementIndex } from '@tinyserve/core';
+import type { CopyTokensParams, KvLayout } from '@tinyserve/core';
+import { decodeFp16, encodeFp16 } from '@tinyserve/kv-retriever';
+import { KV_DTYPE, META_DTYPE } from './addon-types.js';
+import type { CudaAddon, DeviceBuffer, KvDtypeCode, MetaDtypeCode } from './addon-types.js';
+
+export type CudaKvDtype = 'fp32' | 'fp16';
+export type CudaMetaDtype = 'fp32' | 'fp16';
+
+export interface CudaKvCacheOptions {
+  layout: KvLayout;
+  kvDtype: CudaKvDtype;
+  /** Page metadata (key bounding boxes) for query-aware selection; 'none' to skip it. */
+  metadata: CudaMetaDtype | 'none';
+}
+
+/**
+ * The paged KV cache in device memory: per layer one K and one V pool in core's `KvLayout`
+ * (fp32 or fp16 elements) and, when asked for, the page metadata (`min` / `max` boxes, empty
+ * pages marked +inf / -inf as the kv-retriever does).
+ */
+export class CudaKvCache {
+  readonly layout: KvLayout;
+  readonly kvDtype: CudaKvDtype;
+  readonly metaDtype: CudaMetaDtype | 'none';
+  readonly keys: DeviceBuffer[] = [];
+  readonly values: DeviceBuffer[] = [];
+  readonly metaMin: DeviceBuffer[] = [];
+  readonly metaMax: DeviceBuffer[] = [];
+  private disposed = false;
+
+  constructor(
+    private readonly addon: CudaAddon,
+    options: CudaKvCacheOptions,
+  ) {
+    const { layout } = options;
+    for (const f of ['numLayers', 'numPages', 'pageSize', 'numKvHeads', 'headDim'] as const) {
+      if (!(Number.isInteger(layout[f]) && layout[f] >= 1)) throw new ConfigError(f, `must be a positive integer, got ${String(layout[f])}`);
+    }
+    if (options.kvDtype !== 'fp32' && options.kvDtype !== 'fp16') {
+      throw new ConfigError('kvCacheDtype', `'${String(options.kvDtype)}' is not supported by the cuda executor (supported: fp32, fp16)`);
+    }
+    this.layout = { ...layout };
+    this.kvDtype = options.kvDtype;
+    this.metaDtype = options.metadata;
+    const elems = this.poolElements;
+    const kvBytes = elems * this.elemBytes;
+    try {
+      for (let l = 0; l < layout.numLayers; l++) {
+        this.keys.push(addon.alloc(kvBytes));
+        this.values.push(addon.alloc(kvBytes));
+        addon.fill({ dst: this.keys[l], count: elems, dtype: this.kvCode, value: 0 });
+        addon.fill({ dst: this.values[l], count: elems, dtype: this.kvCode, value: 0 });
+        if (options.metadata !== 'none') {
+          const metaElems = this.metadataElements;
+          const code = options.metadata === 'fp16' ? 1 : 0;
+          this.metaMin.push(addon.alloc(metaElems * (code ? 2 : 4)));
+          this.metaMax.push(addon.alloc(metaElems * (code ? 2 : 4)));
+          addon.fill({ dst: this.metaMin[l], count: metaElems, dtype: code, value: Infinity });
+          addon.fill({ dst: this.metaMax[l], count: metaElems, dtype: code, value: -Infinity });
+        }
+      }
+    } catch (cause) {
+      this.dispose();
+      const mb = Math.round((2 * layout.numLayers * kvBytes) / 2 ** 20);
+      throw new ConfigError('numKvPages', `cannot allocate ${layout.numPages} KV pages on the GPU (${mb} MiB): ${String(cause)}; lower numKvPages`);
+    }
+  }
+
+  get elemBytes(): number {
+    return this.kvDtype === 'fp16' ? 2 : 4;
+  }
+
+  get kvCode(): KvDtypeCode {
+    return KV_DTYPE[this.kvDtype];
+  }
+
+  get metaCode(): MetaDtypeCode {
+    return this.metaDtype === 'fp16' ? META_DTYPE.fp16 : META_DTYPE.fp32;
+  }
+
+  /** Elements of one layer's K (or V) pool. */
+  get poolElements(): number {
+    const { numPages, pageSize, numKvHeads, headDim } = this.layout;
+    return numPages * pageSize * numKvHeads * headDim;
+  }
+
+  get metadataElements(): number {
+    const { numPages, numKvHeads, headDim } = this.layout;
+    return numPages * numKvHeads * headDim;
+  }
+
+  /** Bytes of one page across all layers, K and V. */
+  get bytesPerPage(): number {
+    const { numLayers, pageSize, numKvHeads, headDim } = this.layout;
+    return 2 * numLayers * pageSize * numKvHeads * headDim * this.elemBytes;
+  }
+
+  /** Bytes of one token's K and V in one layer. */
+  get bytesPerTokenLayer(): number {
+    return 2 * this.layout.numKvHeads * this.layout.headDim * this.elemBytes;
+  }
+
+  /** One layer's K or V pool decoded to fp32, in the core layout (tests, inspection). */
+  download(layer: number, which: 'key' | 'value'): Float32Array {
+    const buf = (which === 'key' ? this.keys : this.values)[this.checkLayer(layer)];
+    if (this.kvDtype === 'fp32') {
+      const out = new Float32Array(this.poolElements);
+      this.addon.download(buf, 0, out);
+      return out;
+    }
+    const raw = new Uint16Array(this.poolElements);
+    this.addon.download(buf, 0, raw);
+    return decodeFp16(raw);
+  }
+
+  /** Overwrites one layer's K or V pool from fp32 values (rounded to fp16 for an fp16 cache). */
+  upload(layer: number, which: 'key' | 'value', data: Float32Array): void {
+    if (data.length !== this.poolElements) {
+      throw new RequestValidationError('data', `must hold numPages*pageSize*numKvHeads*headDim = ${this.poolElements} floats, got ${data.length}`);
+    }
+    const buf = (which === 'key' ? this.keys : this.values)[this.checkLayer(layer)];
+    this.addon.upload(buf, 0, this.kvDtype === 'fp32' ? data : encodeFp16(data));
+  }
+
+  /** One layer's metadata boxes decoded to fp32 (`min`, `max`, core's metadata layout). */
+  downloadMetadata(layer: number): { min: Float32Array; max: Float32Array } {
+    this.requireMetadata();
+    const l = this.checkLayer(layer);
+    const read = (buf: DeviceBuffer): Float32Array => {
+      if (this.metaDtype === 'fp32') {
+        const out = new Float32Array(this.metadataElements);
+        this.addon.download(buf, 0, out);
+        return out;
+      }
+      const raw = new Uint16Array(this.metadataElements);
+      this.addon.download(buf, 0, raw);
+      return decodeFp16(raw);
+    };
+    return { min: read(this.metaMin[l]), max: read(this.metaMax[l]) };
+  }
+
+  /** Recomputes boxes of pages written out of order, over each page's first `fills[i]` slots (whole page by default). */
+  rebuildMetadata(pages: Int32Array, fills?: Int32Array, layers?: number[]): void {
+    this.requireMetadata();
+    const f = fills ?? new Int32Array(pages.length).fill(this.layout.pageSize);
+    for (const l of layers ?? Array.from({ length: this.layout.numLayers }, (_, i) => i)) {
+      this.addon.rebuildMetadata({
+        k: this.keys[this.checkLayer(l)],
+        kvDtype: this.kvCode,
+        metaMin: this.metaMin[l],
+        metaMax: this.metaMax[l],
+        metaDtype: this.metaCode,
+        pages,
+        fills: f,
+        pageSize: this.layout.pageSize,
+        numKvHeads: this.layout.numKvHeads,
+        headDim: this.layout.headDim,
+        numPagesTotal: this.layout.numPages,
+      });
+    }
+  }
+
+  /** Copies token slots, all layers, K and V, entries in order (see `Executor.copyTokens`). */
+  copyTokens(params: CopyTokensParams): void {
+    const { srcPages, srcSlots, dstPages, dstSlots } = params;
+    const n = srcPages.length;
+    for (const [name, arr] of [['srcSlots', srcSlots], ['dstPages', dstPages], ['dstSlots', dstSlots]] as const) {
+      if (arr.length !== n) throw new RequestValidationError(name, `has length ${arr.length}, expected ${n} (the length of srcPages)`);
+    }
+    const src = new Int32Array(n);
+    const dst = new Int32Array(n);
+    const row = this.layout.numKvHeads * this.layout.headDim;
+    for (let i = 0; i < n; i++) {
+      for (const [name, page, slot] of [['src', srcPages[i], srcSlots[i]], ['dst', dstPages[i], dstSlots[i]]] as const) {
+        if (!(page >= 0 && page < this.layout.numPages)) throw new RequestValidationError(`${name}Pages[${i}]`, `${page} is outside [0, ${this.layout.numPages})`);
+        if (!(slot >= 0 && slot < this.layout.pageSize)) throw new RequestValidationError(`${name}Slots[${i}]`, `${slot} is outside [0, ${this.layout.pageSize})`);
+      }
+      src[i] = kvElementIndex(this.layout, srcPages[i], srcSlots[i], 0) / row;
+      dst[i] = kvElementIndex(this.layout, dstPages[i], dstSlots[i], 0) / row;
+    }
+    this.addon.copyTokens({
+      caches: [...this.keys, ...this.values],
+      elemBytes: this.elemBytes,
+      rowElems: row,
+      numRows: this.layout.numPages * this.layout.pageSize,
+      src,
+      dst,
+    });
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    for (const b of [...this.keys, ...this.values, ...this.metaMin, ...this.metaMax]) this.addon.free(b);
+  }
+
+  private checkLayer(layer: number): number {
+    if (!(Number.isInteger(layer) && layer >= 0 && layer < this.layout.numLayers)) {
+      throw new RequestValidationError('layer', `must be in [0, ${this.layout.numLayers}), got ${layer}`);
+    }
+    return layer;
+  }
+
+  private requireMetadata(): void {
+    if (this.metaDtype === 'none') throw new RequestValidationError('metadata', 'this KV cache was created without page metadata');
+  }
+}

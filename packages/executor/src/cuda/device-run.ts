@@ -1,0 +1,107 @@
+/**
+ * Everything the accelerator machine runs in one go (bundled with esbuild, carried to the
+ * device with the built addon): the kernel checks against the TypeScript references, the
+ * `cuda` backend and executor against `cpu`, then PyTorch SDPA and our attention benchmark on
+ * the same shapes. Writes checks.json, sdpa.json, bench.json and bench.md under --out.
+ *
+ *   TINYSERVE_CUDA_ADDON=.device/tinyserve_cuda.node node .device/device-run.mjs --out $OUT
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { loadCudaAddon } from './addon-loader.js';
+import { checkBackendOps, checkExecutors } from './backend-checks.js';
+import type { BenchmarkTuning } from './benchmark-attention.js';
+import { HEAD_SHAPES, formatSuiteTable, runAttentionSuite, sdpaShapes } from './benchmark-suite.js';
+import type { SdpaResult } from './benchmark-suite.js';
+import { defaultScenarios, runGpuChecks } from './gpu-checks.js';
+import type { GpuCheckResult } from './gpu-checks.js';
+
+const { values: args } = parseArgs({
+  options: {
+    out: { type: 'string', default: 'out' },
+    'skip-checks': { type: 'boolean', default: false },
+    'skip-bench': { type: 'boolean', default: false },
+    'skip-sdpa': { type: 'boolean', default: false },
+    'sdpa-script': { type: 'string', default: 'tools/bench-sdpa.py' },
+    shapes: { type: 'string', default: 'tinyllama,gpt2' },
+    batches: { type: 'string', default: '1,8,32' },
+    contexts: { type: 'string', default: '4096,8192,16384,32768,65536' },
+    tunings: { type: 'string', default: '[{}]' },
+    iterations: { type: 'string', default: '40' },
+  },
+});
+
+const started = Date.now();
+function log(line: string): void {
+  console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s] ${line}`);
+}
+
+function fmt(r: GpuCheckResult): string {
+  return `${r.ok ? 'PASS' : 'FAIL'} ${r.name}${r.relErr !== undefined ? ` rel ${r.relErr.toExponential(2)}` : ''}${r.detail ? ` - ${r.detail}` : ''}`;
+}
+
+async function main(): Promise<void> {
+  const out = args.out!;
+  mkdirSync(out, { recursive: true });
+  const { addon, device, path } = loadCudaAddon();
+  log(`addon ${path}: ${device.name} sm_${device.major}${device.minor}, ${device.multiProcessors} SMs, ${(device.totalMemory / 2 ** 30).toFixed(0)} GiB, L2 ${(device.l2CacheBytes / 2 ** 20).toFixed(0)} MiB, driver ${device.driverVersion}, runtime ${device.runtimeVersion}`);
+
+  if (!args['skip-checks']) {
+    const checks: GpuCheckResult[] = runGpuChecks(addon, defaultScenarios(), (r) => log(fmt(r)));
+    for (const r of await checkBackendOps(addon)) {
+      log(fmt(r));
+      checks.push(r);
+    }
+    for (const r of await checkExecutors()) {
+      log(fmt(r));
+      checks.push(r);
+    }
+    writeFileSync(join(out, 'checks.json'), JSON.stringify({ device, checks }, null, 1));
+    const failed = checks.filter((c) => !c.ok);
+    log(`checks: ${checks.length - failed.length}/${checks.length} passed${failed.length ? `; FAILED: ${failed.map((f) => f.name).join('; ')}` : ''}`);
+  }
+
+  if (args['skip-bench']) return;
+  const shapes = args.shapes!.split(',').map((s) => {
+    const shape = HEAD_SHAPES[s];
+    if (!shape) throw new Error(`unknown head shape '${s}' (known: ${Object.keys(HEAD_SHAPES).join(', ')})`);
+    return shape;
+  });
+  const batches = args.batches!.split(',').map(Number);
+  const contexts = args.contexts!.split(',').map(Number);
+  let sdpa: SdpaResult[] = [];
+  if (!args['skip-sdpa']) {
+    const shapesFile = join(out, 'sdpa-shapes.json');
+    const sdpaFile = join(out, 'sdpa.json');
+    writeFileSync(shapesFile, JSON.stringify(sdpaShapes(shapes, batches, contexts)));
+    log('PyTorch SDPA on the same shapes (tools/bench-sdpa.py)');
+    const r = spawnSync('python3', [args['sdpa-script']!, '--shapes', shapesFile, '--out', sdpaFile], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+      env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    });
+    if (r.status === 0 && existsSync(sdpaFile)) sdpa = (JSON.parse(readFileSync(sdpaFile, 'utf8')) as { results: SdpaResult[] }).results;
+    else log(`SDPA run failed (exit ${r.status}${r.error ? `, ${r.error.message}` : ''})`);
+  }
+  const suite = runAttentionSuite({
+    addon,
+    shapes,
+    batches,
+    contexts,
+    iterations: Number(args.iterations),
+    tunings: JSON.parse(args.tunings!) as BenchmarkTuning[],
+    log,
+  });
+  const table = formatSuiteTable(suite, sdpa);
+  const header = `${suite.device.name}, copy ${suite.copyGbPerSecond.toFixed(0)} GB/s, ${new Date().toISOString()}, fp16 KV, fp16 page metadata, page size 16`;
+  writeFileSync(join(out, 'bench.json'), JSON.stringify({ ...suite, sdpa }, null, 1));
+  writeFileSync(join(out, 'bench.md'), `${header}\n\n${table}\n`);
+  console.log(`\n${header}\n\n${table}`);
+  log('done');
+}
+
+main().catch((err) => {
+  console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
+  process.exit(1);
+});

@@ -1,0 +1,467 @@
+/**
+ * Correctness of the CUDA kernels against the TypeScript reference implementations on the
+ * same inputs (kv-retriever's decode attention, sparse attention, page scoring, Quest
+ * selection and metadata update; the executor's K/V append and causal paged attention).
+ * Needs a GPU: run by `device-run.ts` on the accelerator machine and by a vitest suite that
+ * skips where the addon cannot load.
+ */
+import type { KvLayout, SelectionConfig } from '@tinyserve/core';
+import {
+  createQuestPolicy,
+  decodeFp16,
+  encodeFp16,
+  pagedAttentionDecodeDense,
+  rebuildPageMetadata,
+  createPageMetadataLayer,
+  scorePages,
+  sparsePagedAttention,
+  updatePageMetadata,
+} from '@tinyserve/kv-retriever';
+import { appendKvToPages, attendOverPages } from '../kernels/paged-attention-cpu.js';
+import { computeRopeTables, rotateHead } from '../kernels/rope.js';
+import type { CudaAddon, DeviceBuffer } from './addon-types.js';
+import { CudaKvCache } from './cuda-kv-cache.js';
+import type { CudaKvDtype, CudaMetaDtype } from './cuda-kv-cache.js';
+import { CudaStepPlan, selectionTopK } from './step-plan.js';
+
+export interface GpuCheckResult {
+  name: string;
+  ok: boolean;
+  /** ‖gpu − ref‖ / ‖ref‖ of the compared output, when there is one. */
+  relErr?: number;
+  detail: string;
+}
+
+/** Relative L2 error, with NaN (an unwritten, poisoned output) counting as a failure. */
+export function relativeError(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = got[i] - ref[i];
+    if (Number.isNaN(d)) return Infinity;
+    num += d * d;
+    den += ref[i] * ref[i];
+  }
+  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+}
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function normals(n: number, r: () => number, scale = 1): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = Math.sqrt(-2 * Math.log(Math.max(r(), 1e-12))) * Math.cos(2 * Math.PI * r()) * scale;
+  return out;
+}
+
+function roundTo(dtype: CudaKvDtype, x: Float32Array): Float32Array {
+  return dtype === 'fp16' ? decodeFp16(encodeFp16(x)) : x;
+}
+
+/** fp32 upload/download helpers for small device arrays. */
+class Scratch {
+  private readonly owned: DeviceBuffer[] = [];
+  constructor(private readonly addon: CudaAddon) {}
+  floats(data: Float32Array | number): DeviceBuffer {
+    const n = typeof data === 'number' ? data : data.length;
+    const b = this.addon.alloc(Math.max(1, n) * 4);
+    this.owned.push(b);
+    if (typeof data !== 'number') this.addon.upload(b, 0, data);
+    else this.addon.fill({ dst: b, count: n, dtype: 0, value: NaN });
+    return b;
+  }
+  read(b: DeviceBuffer, n: number): Float32Array {
+    const out = new Float32Array(n);
+    this.addon.download(b, 0, out);
+    return out;
+  }
+  poison(b: DeviceBuffer, n: number): void {
+    this.addon.fill({ dst: b, count: n, dtype: 0, value: NaN });
+  }
+  dispose(): void {
+    for (const b of this.owned) this.addon.free(b);
+  }
+}
+
+export interface AttentionScenario {
+  name: string;
+  numQHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  pageSize: number;
+  kvDtype: CudaKvDtype;
+  metaDtype: CudaMetaDtype;
+  /** Cached tokens before the step, per sequence. */
+  history: number[];
+  /** New tokens per sequence (1 each: a decode step). */
+  newTokens: number[];
+  rope: boolean;
+  selection?: Pick<SelectionConfig, 'selectionRatio' | 'tokenBudget' | 'sinkPages'>;
+  denseSplits?: number;
+  sparseSplits?: number;
+  headsPerCta?: number;
+  /** Keys drawn from a few values only, so many pages score exactly alike (tie breaking). */
+  tiedKeys?: boolean;
+  seed: number;
+}
+
+/**
+ * Relative L2 tolerances. fp32 KV runs fp32 math on CUDA cores (~1e-7 seen). fp16 KV with GQA
+ * groups of 4+ runs on tensor cores, where probabilities enter p.v as fp16 (relative rounding
+ * 2^-11 per weight): FP16 tolerance.
+ */
+const TOL = { fp32: 2e-5, fp16: 1e-3 } as const;
+
+/**
+ * Runs one scenario: history K/V uploaded, metadata rebuilt on the GPU, the step's K/V
+ * appended (RoPE, metadata fused), then decode (dense and sparse) or prefill attention, each
+ * compared with the TypeScript reference on the same inputs.
+ */
+export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): GpuCheckResult[] {
+  const results: GpuCheckResult[] = [];
+  const r = rng(sc.seed);
+  const S = sc.history.length;
+  const { numQHeads: Hq, numKvHeads: Hk, headDim: D, pageSize: ps } = sc;
+  const seqLens = Int32Array.from(sc.history, (h, s) => h + sc.newTokens[s]);
+  const pagesPerSeq = Array.from(seqLens, (n) => Math.ceil(n / ps));
+  const numPages = pagesPerSeq.reduce((a, b) => a + b, 0) + 3;
+  const layout: KvLayout = { numLayers: 1, numPages, pageSize: ps, numKvHeads: Hk, headDim: D };
+  const perm = Array.from({ length: numPages }, (_, i) => i);
+  for (let i = numPages - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [perm[i], perm[j]] = [perm[j], perm[i]];
+  }
+  const pageIndptr = new Int32Array(S + 1);
+  for (let s = 0; s < S; s++) pageIndptr[s + 1] = pageIndptr[s] + pagesPerSeq[s];
+  const pageIndices = Int32Array.from(perm.slice(0, pageIndptr[S]));
+  const queryIndptr = new Int32Array(S + 1);
+  for (let s = 0; s < S; s++) queryIndptr[s + 1] = queryIndptr[s] + sc.newTokens[s];
+  const T = queryIndptr[S];
+  const decode = sc.newTokens.every((c) => c === 1);
+  const row = Hk * D;
+  const width = (Hq + 2 * Hk) * D;
+
+  // History: random K/V at every cached position, as the device will hold them.
+  const poolElems = numPages * ps * row;
+  const hostK = new Float32Array(poolElems);
+  const hostV = new Float32Array(poolElems);
+  const keyValues = sc.tiedKeys ? [-1, -0.5, 0.5, 1] : null;
+  for (let s = 0; s < S; s++) {
+    for (let pos = 0; pos < sc.history[s]; pos++) {
+      const off = (pageIndices[pageIndptr[s] + Math.floor(pos / ps)] * ps + (pos % ps)) * row;
+      const k = normals(row, r);
+      if (keyValues) for (let i = 0; i < row; i++) k[i] = keyValues[Math.floor(r() * keyValues.length)] * (pos % 3 === 0 ? 1 : 0.5);
+      hostK.set(k, off);
+      hostV.set(normals(row, r), off);
+    }
+  }
+  hostK.set(roundTo(sc.kvDtype, hostK));
+  hostV.set(roundTo(sc.kvDtype, hostV));
+
+  const scratch = new Scratch(addon);
+  const cache = new CudaKvCache(addon, { layout, kvDtype: sc.kvDtype, metadata: sc.metaDtype });
+  const plan = new CudaStepPlan(addon);
+  try {
+    cache.upload(0, 'key', hostK);
+    cache.upload(0, 'value', hostV);
+    const fills = new Int32Array(numPages);
+    for (let s = 0; s < S; s++) {
+      for (let i = 0; i < pagesPerSeq[s]; i++) fills[pageIndices[pageIndptr[s] + i]] = Math.max(0, Math.min(ps, sc.history[s] - i * ps));
+    }
+    const allPages = Int32Array.from({ length: numPages }, (_, i) => i);
+    cache.rebuildMetadata(allPages, fills);
+    const refMeta = createPageMetadataLayer(layout);
+    rebuildPageMetadata({ layout, ...refMeta, kCache: hostK, pages: allPages, fills });
+    results.push(compareMetadata(`${sc.name}: metadata rebuild`, cache.downloadMetadata(0), refMeta, sc.metaDtype));
+
+    const topK = sc.selection ? selectionTopK(seqLens, ps, { selectionRatio: sc.selection.selectionRatio, tokenBudget: sc.selection.tokenBudget }) : undefined;
+    const info = plan.update({
+      numQHeads: Hq,
+      numKvHeads: Hk,
+      headDim: D,
+      pageSize: ps,
+      kvDtype: cache.kvCode,
+      numPagesTotal: numPages,
+      pageIndptr,
+      pageIndices,
+      seqLens,
+      queryIndptr,
+      topK,
+      sinkPages: sc.selection?.sinkPages ?? 0,
+      denseSplits: sc.denseSplits,
+      sparseSplits: sc.sparseSplits,
+      headsPerCta: sc.headsPerCta,
+    });
+    const planNote = `splits dense ${info.denseSplits} sparse ${info.sparseSplits}, ${info.headsPerCta} heads/CTA, ${info.numRuns} runs`;
+
+    // The step: append with RoPE and the metadata update, then attention.
+    const qkv = normals(T * width, r);
+    const qkvBuf = scratch.floats(qkv);
+    const qOut = scratch.floats(T * Hq * D);
+    const theta = 10000;
+    addon.appendKv(plan.handle, {
+      qkv: qkvBuf,
+      qOut,
+      k: cache.keys[0],
+      v: cache.values[0],
+      metaMin: cache.metaMin[0],
+      metaMax: cache.metaMax[0],
+      metaDtype: cache.metaCode,
+      rope: sc.rope,
+      ropeTheta: theta,
+    });
+    const tokenSeq = new Int32Array(T);
+    const tokenPos = new Int32Array(T);
+    for (let s = 0; s < S; s++) {
+      for (let i = 0; i < sc.newTokens[s]; i++) {
+        tokenSeq[queryIndptr[s] + i] = s;
+        tokenPos[queryIndptr[s] + i] = sc.history[s] + i;
+      }
+    }
+    const rope = sc.rope ? computeRopeTables(tokenPos, D, theta) : null;
+    const scale = 1 / Math.sqrt(D);
+    const refParams = {
+      numTokens: T,
+      numHeads: Hq,
+      numKvHeads: Hk,
+      headDim: D,
+      pageSize: ps,
+      qkv,
+      out: new Float32Array(T * Hq * D),
+      keyCache: hostK,
+      valueCache: hostV,
+      tokenSeq,
+      tokenPos,
+      pageIndptr,
+      pageIndices,
+      rope,
+      scale,
+      chunkSize: 64,
+    };
+    appendKvToPages(refParams);
+    hostK.set(roundTo(sc.kvDtype, hostK));
+    hostV.set(roundTo(sc.kvDtype, hostV));
+    const newKeys = new Float32Array(T * row);
+    const tokenPage = new Int32Array(T);
+    const tokenSlot = new Int32Array(T);
+    for (let t = 0; t < T; t++) {
+      tokenPage[t] = pageIndices[pageIndptr[tokenSeq[t]] + Math.floor(tokenPos[t] / ps)];
+      tokenSlot[t] = tokenPos[t] % ps;
+      newKeys.set(hostK.subarray((tokenPage[t] * ps + tokenSlot[t]) * row, (tokenPage[t] * ps + tokenSlot[t] + 1) * row), t * row);
+    }
+    updatePageMetadata({ layout, ...refMeta, keys: newKeys, pages: tokenPage, slots: tokenSlot });
+    results.push(compareCache(`${sc.name}: K/V append (${sc.kvDtype}${sc.rope ? ', RoPE' : ''})`, cache, hostK, hostV));
+    const gpuMeta = cache.downloadMetadata(0);
+    results.push(compareMetadata(`${sc.name}: metadata update fused in append`, gpuMeta, refMeta, sc.metaDtype));
+
+    // Rotated queries, unscaled: the reference rotates them inside attention.
+    const qRef = new Float32Array(T * Hq * D);
+    for (let t = 0; t < T; t++) {
+      for (let h = 0; h < Hq; h++) {
+        const src = t * width + h * D;
+        if (rope) rotateHead(qkv, src, rope, t, D, 1, qRef, (t * Hq + h) * D);
+        else qRef.set(qkv.subarray(src, src + D), (t * Hq + h) * D);
+      }
+    }
+    const qGot = scratch.read(qOut, T * Hq * D);
+    const qErr = relativeError(qGot, qRef);
+    results.push({ name: `${sc.name}: rotated queries`, ok: qErr < 1e-6, relErr: qErr, detail: '' });
+
+    const out = scratch.floats(T * Hq * D);
+    if (!decode) {
+      addon.prefill(plan.handle, { q: qOut, k: cache.keys[0], v: cache.values[0], out, scale });
+      const got = scratch.read(out, T * Hq * D);
+      attendOverPages(refParams);
+      const err = relativeError(got, refParams.out);
+      results.push({ name: `${sc.name}: causal prefill attention`, ok: err < TOL[sc.kvDtype] * 10, relErr: err, detail: `${T} tokens, ${info.numBlocks} blocks` });
+      return results;
+    }
+
+    const lastPageLen = Int32Array.from(seqLens, (n, s) => n - (pagesPerSeq[s] - 1) * ps);
+    const decodeRef = { layout, kCache: hostK, vCache: hostV, query: qRef, numQHeads: Hq, pageIndptr, pageIndices, lastPageLen, scale };
+    const denseRef = pagedAttentionDecodeDense(decodeRef);
+    addon.decodeDense(plan.handle, { q: qOut, k: cache.keys[0], v: cache.values[0], out, scale });
+    const dense = scratch.read(out, T * Hq * D);
+    const denseErr = relativeError(dense, denseRef);
+    results.push({ name: `${sc.name}: dense decode`, ok: denseErr < TOL[sc.kvDtype], relErr: denseErr, detail: planNote });
+
+    if (sc.selection && topK) {
+      scratch.poison(out, T * Hq * D);
+      addon.decodeSparse(plan.handle, {
+        q: qOut,
+        k: cache.keys[0],
+        v: cache.values[0],
+        out,
+        scale,
+        metaMin: cache.metaMin[0],
+        metaMax: cache.metaMax[0],
+        metaDtype: cache.metaCode,
+      });
+      const sparse = scratch.read(out, T * Hq * D);
+      const sel = addon.readSelection(plan.handle);
+      results.push(compareSelection(`${sc.name}: fused selection vs quest policy`, sc, layout, sel, gpuMeta, qRef, pageIndptr, pageIndices, seqLens));
+      const sparseRef = sparsePagedAttention({ ...decodeRef, selectedIndptr: sel.indptr, selectedPages: sel.pages });
+      const sparseErr = relativeError(sparse, sparseRef);
+      let selected = 0;
+      let total = 0;
+      for (let s = 0; s < S; s++) total += pagesPerSeq[s] * Hk;
+      selected = sel.pages.length;
+      results.push({
+        name: `${sc.name}: fused sparse decode`,
+        ok: sparseErr < TOL[sc.kvDtype],
+        relErr: sparseErr,
+        detail: `${selected}/${total} (page, KV head) pairs attended; ${planNote}`,
+      });
+      if (selected === total) {
+        const err = relativeError(sparse, denseRef);
+        results.push({ name: `${sc.name}: sparse with every page equals dense`, ok: err < TOL[sc.kvDtype], relErr: err, detail: '' });
+      }
+    }
+    return results;
+  } finally {
+    cache.dispose();
+    scratch.dispose();
+  }
+}
+
+function compareCache(name: string, cache: CudaKvCache, hostK: Float32Array, hostV: Float32Array): GpuCheckResult {
+  const k = cache.download(0, 'key');
+  const v = cache.download(0, 'value');
+  let bad = 0;
+  let worst = 0;
+  for (const [got, ref] of [[k, hostK], [v, hostV]] as const) {
+    for (let i = 0; i < ref.length; i++) {
+      const d = Math.abs(got[i] - ref[i]);
+      // RoPE in double on both sides, rounded once: equal up to a last-bit difference of cos/sin.
+      if (!(d <= 1e-6 * Math.max(1, Math.abs(ref[i])) + (cache.kvDtype === 'fp16' ? Math.abs(ref[i]) * 2 ** -10 : 0))) bad++;
+      if (d > worst || Number.isNaN(d)) worst = Number.isNaN(d) ? Infinity : d;
+    }
+  }
+  return { name, ok: bad === 0, detail: `${bad} elements differ, max |diff| ${worst.toExponential(2)}` };
+}
+
+function compareMetadata(
+  name: string,
+  got: { min: Float32Array; max: Float32Array },
+  ref: { min: Float32Array; max: Float32Array },
+  dtype: CudaMetaDtype,
+): GpuCheckResult {
+  let bad = 0;
+  let loose = 0;
+  for (let i = 0; i < ref.min.length; i++) {
+    const empty = ref.min[i] > ref.max[i];
+    if (empty) {
+      if (!(got.min[i] > got.max[i])) bad++;
+      continue;
+    }
+    if (dtype === 'fp32') {
+      if (got.min[i] !== ref.min[i] || got.max[i] !== ref.max[i]) bad++;
+    } else {
+      // fp16 boxes are rounded outward: they must contain the exact box, within one half-ulp.
+      const ulpMin = Math.max(Math.abs(ref.min[i]) * 2 ** -10, 2 ** -24);
+      const ulpMax = Math.max(Math.abs(ref.max[i]) * 2 ** -10, 2 ** -24);
+      if (!(got.min[i] <= ref.min[i] && got.max[i] >= ref.max[i])) bad++;
+      else if (ref.min[i] - got.min[i] > ulpMin || got.max[i] - ref.max[i] > ulpMax) loose++;
+    }
+  }
+  return { name, ok: bad === 0 && loose === 0, detail: `${bad} boxes wrong, ${loose} looser than one fp16 step (${ref.min.length} channels)` };
+}
+
+/**
+ * Same pages as the kv-retriever's quest policy, fed the same metadata and queries. Pages may
+ * differ only where the reference's scores tie with the selection threshold (float32 on the
+ * GPU against float64 in TypeScript).
+ */
+function compareSelection(
+  name: string,
+  sc: AttentionScenario,
+  layout: KvLayout,
+  sel: { indptr: Int32Array; pages: Int32Array },
+  meta: { min: Float32Array; max: Float32Array },
+  q: Float32Array,
+  pageIndptr: Int32Array,
+  pageIndices: Int32Array,
+  seqLens: Int32Array,
+): GpuCheckResult {
+  const cfg = sc.selection!;
+  const policy = createQuestPolicy(
+    { policy: 'quest', selectionRatio: cfg.selectionRatio, tokenBudget: cfg.tokenBudget, sinkPages: cfg.sinkPages, denseLayers: 0, useFusedKernel: true },
+    { pageSize: layout.pageSize },
+  );
+  const Hk = layout.numKvHeads;
+  const Hq = sc.numQHeads;
+  let ties = 0;
+  let wrong = 0;
+  let compared = 0;
+  for (let s = 0; s < seqLens.length; s++) {
+    const pages = pageIndices.subarray(pageIndptr[s], pageIndptr[s + 1]);
+    const query = q.subarray(s * Hq * layout.headDim, (s + 1) * Hq * layout.headDim);
+    const ref = policy.select({ layout, layer: 0, pages, numTokens: seqLens[s], query, numQHeads: Hq, metadata: meta });
+    const scores = scorePages({ layout, metadata: meta, query, numQHeads: Hq, pages });
+    const n = pages.length;
+    for (let j = 0; j < Hk; j++) {
+      const mine = new Set(sel.pages.subarray(sel.indptr[s * Hk + j], sel.indptr[s * Hk + j + 1]));
+      const theirs = new Set(ref.indices.subarray(ref.indptr[j], ref.indptr[j + 1]));
+      compared++;
+      if (mine.size !== theirs.size) {
+        wrong++;
+        continue;
+      }
+      // The threshold: the lowest score the reference chose among non-forced pages.
+      let thr = Infinity;
+      for (const p of theirs) if (p >= cfg.sinkPages && p !== n - 1) thr = Math.min(thr, scores[j * n + p]);
+      for (const p of new Set([...mine, ...theirs])) {
+        if (mine.has(p) === theirs.has(p)) continue;
+        const x = scores[j * n + p];
+        if (Math.abs(x - thr) <= 1e-5 * Math.max(1, Math.abs(thr))) ties++;
+        else wrong++;
+      }
+    }
+  }
+  return { name, ok: wrong === 0, detail: `${compared} (sequence, KV head) selections, ${wrong} wrong, ${ties} pages differ at exact ties` };
+}
+
+/** The scenarios of the device run: shapes of the target models plus odd ones (group 3, head dim 8/16, page size 7). */
+export function defaultScenarios(): AttentionScenario[] {
+  const llama = { numQHeads: 32, numKvHeads: 4, headDim: 64 };
+  const gpt2 = { numQHeads: 16, numKvHeads: 16, headDim: 64 };
+  return [
+    { name: 'tinyllama fp16', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [0, 16, 699, 2099], newTokens: [1, 1, 1, 1], rope: true, selection: { selectionRatio: 0.3, tokenBudget: null, sinkPages: 1 }, seed: 1 },
+    { name: 'tinyllama fp32 4 heads/CTA 3 splits', ...llama, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [1500, 37, 800], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: 256, sinkPages: 1 }, denseSplits: 3, sparseSplits: 3, headsPerCta: 4, seed: 2 },
+    { name: 'gpt2-345m fp16 budget 2048', ...gpt2, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [32, 999, 4096], newTokens: [1, 1, 1], rope: false, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, sparseSplits: 128, seed: 3 },
+    { name: 'group 3, dim 16, page 7', numQHeads: 6, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'fp32', metaDtype: 'fp32', history: [4, 49, 332], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.5, tokenBudget: null, sinkPages: 2 }, headsPerCta: 2, seed: 4 },
+    { name: 'mqa dim 128 page 32', numQHeads: 8, numKvHeads: 1, headDim: 128, pageSize: 32, kvDtype: 'fp16', metaDtype: 'fp16', history: [2999, 63], newTokens: [1, 1], rope: true, selection: { selectionRatio: 0.125, tokenBudget: null, sinkPages: 1 }, seed: 5 },
+    { name: 'dim 8 fixtures', numQHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [0, 1, 39], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.5, tokenBudget: null, sinkPages: 0 }, seed: 6 },
+    { name: 'tinyllama fp16 on CUDA cores (8 heads/CTA)', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [900, 31], newTokens: [1, 1], rope: true, selection: { selectionRatio: 0.125, tokenBudget: null, sinkPages: 1 }, headsPerCta: 8, seed: 12 },
+    { name: 'tensor cores, group 4, dim 16, page 7', numQHeads: 8, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'fp16', metaDtype: 'fp16', history: [3, 60, 411], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.4, tokenBudget: null, sinkPages: 1 }, seed: 13 },
+    { name: 'ratio 1 is dense', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [300, 1000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: null, sinkPages: 1 }, seed: 7 },
+    { name: 'tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [1200, 640], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, tiedKeys: true, seed: 8 },
+    { name: 'prefill tinyllama fp16', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [0, 100, 15], newTokens: [70, 33, 1], rope: true, seed: 9 },
+    { name: 'prefill gpt2 fp32', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [0, 16], newTokens: [129, 16], rope: false, seed: 10 },
+    { name: 'prefill group 3 page 7', numQHeads: 6, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'fp32', metaDtype: 'fp16', history: [5, 0], newTokens: [20, 9], rope: true, seed: 11 },
+  ];
+}
+
+/** Every scenario; a scenario that throws is reported as failed and the rest still run. */
+export function runGpuChecks(addon: CudaAddon, scenarios = defaultScenarios(), log: (r: GpuCheckResult) => void = () => {}): GpuCheckResult[] {
+  const all: GpuCheckResult[] = [];
+  for (const sc of scenarios) {
+    let res: GpuCheckResult[];
+    try {
+      res = runAttentionScenario(addon, sc);
+    } catch (err) {
+      res = [{ name: `${sc.name}: threw`, ok: false, detail: err instanceof Error ? (err.stack ?? err.message) : String(err) }];
+    }
+    for (const r of res) log(r);
+    all.push(...res);
+  }
+  return all;
+}

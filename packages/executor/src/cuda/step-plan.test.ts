@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { RequestValidationError } from '@tinyserve/core';
+import { selectionTopK, trimPageTable } from './step-plan.js';
+import { broadcastShape, broadcastStrides } from './cuda-kernels.js';
+import { modeLabel } from './benchmark-attention.js';
+import { formatSuiteTable, sdpaShapes } from './benchmark-suite.js';
+import type { SuiteResult } from './benchmark-suite.js';
+
+describe('trimPageTable', () => {
+  it('keeps exactly the pages each sequence needs', () => {
+    const t = trimPageTable(Int32Array.from([0, 3, 5]), Int32Array.from([7, 2, 9, 4, 1]), Int32Array.from([5, 4]), 4);
+    expect(Array.from(t.pageIndptr)).toEqual([0, 2, 3]);
+    expect(Array.from(t.pageIndices)).toEqual([7, 2, 4]);
+  });
+
+  it('returns the arrays unchanged when nothing is extra', () => {
+    const indptr = Int32Array.from([0, 1]);
+    const indices = Int32Array.from([3]);
+    expect(trimPageTable(indptr, indices, Int32Array.from([4]), 4).pageIndices).toBe(indices);
+  });
+
+  it('rejects a sequence with too few pages, naming it', () => {
+    expect(() => trimPageTable(Int32Array.from([0, 1]), Int32Array.from([3]), Int32Array.from([5]), 4)).toThrow(RequestValidationError);
+    expect(() => trimPageTable(Int32Array.from([0, 1]), Int32Array.from([3]), Int32Array.from([5]), 4)).toThrow(/sequence 0 has 5 tokens, needing 2 pages/);
+  });
+});
+
+describe('selectionTopK', () => {
+  it('counts pages as the kv-retriever policies do', () => {
+    const lens = Int32Array.from([32768, 100, 16]);
+    expect(Array.from(selectionTopK(lens, 16, { selectionRatio: 1, tokenBudget: 2048 }))).toEqual([128, 128, 128]);
+    expect(Array.from(selectionTopK(lens, 16, { selectionRatio: 0.3, tokenBudget: null }))).toEqual([615, 3, 1]);
+    // 0.7 * 10 pages is 7, not 8 (the policies' epsilon).
+    expect(Array.from(selectionTopK(Int32Array.from([160]), 16, { selectionRatio: 0.7, tokenBudget: null }))).toEqual([7]);
+  });
+});
+
+describe('broadcasting for the cuda binary kernel', () => {
+  it('gives numpy shapes and zero strides where a dim broadcasts', () => {
+    expect(broadcastShape([4, 1], [1, 6])).toEqual([4, 6]);
+    expect(broadcastShape([6], [3, 4, 6])).toEqual([3, 4, 6]);
+    expect(broadcastStrides([6], [4, 6])).toEqual([0, 1]);
+    expect(broadcastStrides([4, 1], [4, 6])).toEqual([1, 0]);
+    expect(broadcastStrides([2, 3, 4], [2, 3, 4])).toEqual([12, 4, 1]);
+    expect(() => broadcastShape([3], [4])).toThrow(/do not broadcast/);
+  });
+});
+
+describe('benchmark reporting', () => {
+  it('labels modes and lists the SDPA shapes', () => {
+    expect(modeLabel({ kind: 'dense' })).toBe('dense');
+    expect(modeLabel({ kind: 'sparse', tokenBudget: 2048 })).toBe('sparse budget 2048');
+    expect(modeLabel({ kind: 'sparse', selectionRatio: 1 / 8 })).toBe('sparse ratio 0.125');
+    const shapes = sdpaShapes([{ name: 'x', numQHeads: 32, numKvHeads: 4, headDim: 64 }], [1, 8], [4096]);
+    expect(shapes).toEqual([
+      { batch: 1, context: 4096, q_heads: 32, kv_heads: 4, head_dim: 64 },
+      { batch: 8, context: 4096, q_heads: 32, kv_heads: 4, head_dim: 64 },
+    ]);
+  });
+
+  it('puts SDPA beside each row and the speed ratio', () => {
+    const row = {
+      shape: 'TinyLlama-1.1B', mode: 'dense', batchSize: 8, inputSize: 32768, numQHeads: 32, numKvHeads: 4, headDim: 64, pageSize: 16,
+      kvDtype: 'fp16', metaDtype: 'fp16', microseconds: 100, microsecondsEager: 110, bytes: 268e6, gbPerSecond: 2680, fractionOfCopy: 0.9, pagesAttended: 1, pagesTotal: 1,
+      rotations: 1, plan: {} as never, tuning: {}, tried: [],
+    };
+    const suite: SuiteResult = { device: {} as never, copyGbPerSecond: 3000, rows: [row] };
+    const md = formatSuiteTable(suite, [{ batch: 8, context: 32768, q_heads: 32, kv_heads: 4, head_dim: 64, us_best: 120, gb_per_s: 2233 }]);
+    expect(md).toContain('| TinyLlama-1.1B | 8 | 32768 | dense | 100.0 | 268.0 | 2680 | 90% | 120.0 | 2233 | 1.20x |');
+  });
+});
