@@ -8,7 +8,7 @@
  *   node packages/executor/native/build.mjs
  *   node --conditions=@tinyserve/source --import tsx packages/executor/bench/attention-cuda.ts \
  *     [--shapes tinyllama,gpt2] [--batches 1,8,32] [--contexts 4096,...,65536] [--no-sdpa] \
- *     [--tunings '[{},{"headsPerCta":4}]'] [--out dir] [--json]
+ *     [--modes dense,ratio:0.3,ratio:0.125,budget:2048] [--tunings '[{},{"headsPerCta":4}]'] [--out dir] [--json]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadCudaAddon } from '../src/index.js';
 import type { BenchmarkTuning } from '../src/index.js';
-import { HEAD_SHAPES, formatSuiteTable, runAttentionSuite, sdpaShapes } from '../src/cuda/benchmark-suite.js';
+import { HEAD_SHAPES, formatSuiteTable, parseModes, runAttentionSuite, sdpaShapes } from '../src/cuda/benchmark-suite.js';
 import type { SdpaResult } from '../src/cuda/benchmark-suite.js';
 
 const { values: args } = parseArgs({
@@ -26,6 +26,7 @@ const { values: args } = parseArgs({
     batches: { type: 'string', default: '1,8,32' },
     contexts: { type: 'string', default: '4096,8192,16384,32768,65536' },
     'no-sdpa': { type: 'boolean', default: false },
+    modes: { type: 'string' },
     python: { type: 'string', default: 'python3' },
     tunings: { type: 'string', default: '[{}]' },
     iterations: { type: 'string', default: '40' },
@@ -61,6 +62,7 @@ const suite = runAttentionSuite({
   shapes,
   batches,
   contexts,
+  modes: parseModes(args.modes),
   iterations: Number(args.iterations),
   tunings: JSON.parse(args.tunings!) as BenchmarkTuning[],
   log: args.json ? undefined : (line) => console.error(line),

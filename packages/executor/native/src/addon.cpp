@@ -305,6 +305,7 @@ static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value
   s.scoreChunk = plan->scoreChunk;
   s.scores = static_cast<float*>(plan->scores.ptr);
   s.selected = static_cast<int*>(plan->selected.ptr);
+  s.selectedPhys = static_cast<int*>(plan->selectedPhys.ptr);
   s.selectedCount = static_cast<int*>(plan->selectedCount.ptr);
   const int units = plan->numSeqs * plan->numKvHeads * plan->headChunks, pairs = plan->numSeqs * plan->numKvHeads;
   s.scoreCounters = static_cast<int*>(plan->counters.ptr) + units;

@@ -18,23 +18,28 @@ __device__ __forceinline__ int blockSumInt(int v, int* scratch) {
   return t;
 }
 
-/** Exclusive prefix sum of `v` in thread order; `total` gets the block's sum. `scratch` holds 33 ints. */
-__device__ __forceinline__ int blockExclusiveScan(int v, int& total, int* scratch) {
+/**
+ * Exclusive prefix sum of `v` in thread order; `total` gets the block's sum. `scratch` holds
+ * 33 values. T int or unsigned (unsigned sums wrap, so packed fields may carry into each other
+ * only if their totals overflow).
+ */
+template <typename T>
+__device__ __forceinline__ T blockExclusiveScan(T v, T& total, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  int x = v;
+  T x = v;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
-    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    const T y = __shfl_up_sync(0xffffffffu, x, o);
     if (lane >= o) x += y;
   }
   __syncthreads();
   if (lane == 31) scratch[warp] = x;
   __syncthreads();
   if (warp == 0) {
-    int w = lane < nw ? scratch[lane] : 0;
+    T w = lane < nw ? scratch[lane] : T(0);
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, w, o);
+      const T y = __shfl_up_sync(0xffffffffu, w, o);
       if (lane >= o) w += y;
     }
     if (lane < nw) scratch[lane] = w;  // inclusive prefix of warp totals
@@ -42,7 +47,7 @@ __device__ __forceinline__ int blockExclusiveScan(int v, int& total, int* scratc
   }
   __syncthreads();
   total = scratch[32];
-  return x - v + (warp > 0 ? scratch[warp - 1] : 0);
+  return x - v + (warp > 0 ? scratch[warp - 1] : T(0));
 }
 
 }  // namespace ts

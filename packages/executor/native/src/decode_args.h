@@ -6,6 +6,14 @@ namespace ts {
 
 /** Upper bound on decode splits per (sequence, KV head, head chunk): bounds the merge's scratch. */
 constexpr int MAX_DECODE_SPLITS = 128;
+/** Pages per scoring item of the sparse kernel, at most (their page ids are staged in shared memory). */
+constexpr int MAX_SCORE_CHUNK = 1024;
+/**
+ * Up to this many pages per sequence, the sparse selection stages the pages' physical ids in
+ * shared memory next to their keys (twice the selection's shared memory): the selector then
+ * writes the attention's page list without a dependent load per chosen page.
+ */
+constexpr int SELECT_STAGED_PAGES = 4096;
 
 /** One decode step of one layer: one query per sequence. */
 struct DecodeArgs {
@@ -38,12 +46,13 @@ struct SparseArgs {
   const int* topK;     // per sequence: pages to keep, forced ones included; >= numPages means all
   int sinkPages;
   int maxPages;        // row stride of scores / selected
-  int scoreChunk;      // pages per scoring item
+  int scoreChunk;      // pages per scoring item, at most MAX_SCORE_CHUNK
   float* scores;       // [numSeqs * numKvHeads, maxPages]
   int* selected;       // [numSeqs * numKvHeads, maxPages] logical pages, ascending
+  int* selectedPhys;   // same rows: their physical pages, bitwise-negated (~page) for the sequence's last page
   int* selectedCount;  // [numSeqs * numKvHeads]
   int* scoreCounters;  // [numSeqs * numKvHeads], zero between launches
-  int* ready;          // [numSeqs * numKvHeads]: 1 once the pair's selection is written; re-armed to 0 by its last attender
+  int* ready;          // [numSeqs * numKvHeads]: the pair's selected count + 1 once its selection is written; re-armed to 0 by its last attender
   int* pairDone;       // [numSeqs * numKvHeads]: head chunks of the pair finished (re-armed with `ready`)
   int phases;          // bit 1: score and select, bit 2: attend (benchmark breakdowns); 3 normally
 };

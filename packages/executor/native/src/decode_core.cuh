@@ -22,17 +22,18 @@ struct DensePages {
   }
 };
 
-/** Sparse decode: the i-th selected logical page (selection written earlier in the same launch). */
+/**
+ * Sparse decode: the i-th selected page, written earlier in the same launch as its physical
+ * id (bitwise-negated for the sequence's last, partly filled page): one load per page.
+ */
 struct SelectedPages {
-  const int* selected;  // logical page ids, ascending
-  const int* indices;
-  int numPages;
+  const int* entries;
   int lastLen;
   int pageSize;
   __device__ __forceinline__ void page(int i, int& phys, int& len) const {
-    const int li = __ldcg(selected + i);
-    phys = indices[li];
-    len = li == numPages - 1 ? lastLen : pageSize;
+    const int e = __ldcg(entries + i);
+    phys = e < 0 ? ~e : e;
+    len = e < 0 ? lastLen : pageSize;
   }
 };
 

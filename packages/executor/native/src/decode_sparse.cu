@@ -1,10 +1,14 @@
 // The fused query-aware sparse decode step, one cooperative launch per layer:
 //   1. score every page of every (sequence, KV head) from its key bounding box (Quest's upper
 //      bound of q.k, the group's query heads aggregated by max), reading only the metadata;
+//      many CTAs per pair, each a chunk of pages whose ids it stages in shared memory;
 //   2. the last CTA to finish scoring a (sequence, KV head) selects its top-K pages (sinks
-//      and the current page forced, ties to the lower page, as the TypeScript policy does);
+//      and the current page forced, ties to the lower page, as the TypeScript policy does)
+//      by a bitwise search for the K-th largest key, one block count per bit, stopping as
+//      soon as a prefix isolates exactly K pages;
 //   3. attend over the selected pages only, split across CTAs; each waits for its pair's
-//      selection only (a flag), so attention overlaps the scoring of other pairs;
+//      selection only (a flag carrying the count), so attention overlaps the scoring of
+//      other pairs;
 //   4. the last CTA of each split group merges the splits.
 // The launch is cooperative so that every CTA is resident and the waits cannot deadlock.
 #include "block_scan.cuh"
@@ -16,15 +20,12 @@ namespace ts {
 
 constexpr int SPARSE_WARPS = 4;
 constexpr int SPARSE_THREADS = SPARSE_WARPS * 32;
+constexpr unsigned FULL_MASK = 0xffffffffu;
 
 /** Order-preserving map of floats to unsigned keys (larger float, larger key). */
 __device__ __forceinline__ unsigned floatKey(float s) {
   const unsigned u = __float_as_uint(s + 0.0f);  // -0 becomes +0, as JavaScript compares them
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-__device__ __forceinline__ float loadMeta(const void* p, long i, int dtype) {
-  return dtype == META_F16 ? __half2float(__ldg(static_cast<const __half*>(p) + i)) : __ldg(static_cast<const float*>(p) + i);
 }
 
 /** 8 consecutive metadata channels starting at i (i a multiple of 8). */
@@ -46,26 +47,26 @@ __device__ __forceinline__ void loadMeta8(const void* p, long i, int dtype, floa
   }
 }
 
-
 /**
- * Quest bounds of pages [p0, p1) of one (sequence, KV head): a box is read by D / 8 lanes, 8
- * channels each (16 or 32 bytes, coalesced), four boxes per lane in flight; each head's
- * partial sums are reduced across those lanes, then aggregated over the group (max or sum).
- * `qs` holds the group's queries, [G][D], in shared memory.
+ * Quest bounds of `count` pages of one (sequence, KV head), their physical ids in `pages`
+ * (shared memory): a box is read by D / 8 lanes, 8 channels each (16 or 32 bytes, coalesced),
+ * four boxes per lane in flight; each head's partial sums are reduced across those lanes, then
+ * aggregated over the group (max or sum). max(q lo, q hi) is q times the bound q's sign picks
+ * (boxes are ordered, lo <= hi), one FMA per channel. `qs` holds the group's queries, [G][D].
  */
 template <int D>
-__device__ void scorePages(const SparseArgs& a, const float* qs, int G, const int* pages, int kvh, int p0, int p1, float* out) {
+__device__ void scorePages(const SparseArgs& a, const float* qs, int G, const int* pages, int kvh, int count, float* out) {
   constexpr int TPR = D / 8, RPW = 32 / TPR, U = 4;
   const DecodeArgs& d = a.d;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int row = lane / TPR, col = (lane % TPR) * 8;
   const bool sum = a.aggregateSum != 0;
-  for (int pb = p0 + warp * RPW * U; pb < p1; pb += nw * RPW * U) {
+  for (int pb = warp * RPW * U; pb < count; pb += nw * RPW * U) {
     float lo[U][8], hi[U][8];
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int p = pb + u * RPW + row;
-      if (p < p1) {
+      if (p < count) {
         const long box = ((long)pages[p] * d.numKvHeads + kvh) * D + col;
         loadMeta8(a.metaMin, box, a.metaDtype, lo[u]);
         loadMeta8(a.metaMax, box, a.metaDtype, hi[u]);
@@ -85,9 +86,9 @@ __device__ void scorePages(const SparseArgs& a, const float* qs, int G, const in
       for (int u = 0; u < U; u++) {
         float s = 0.f;
 #pragma unroll
-        for (int c = 0; c < 8; c++) s += fmaxf(qv[c] * lo[u][c], qv[c] * hi[u][c]);
+        for (int c = 0; c < 8; c++) s = fmaf(qv[c], qv[c] >= 0.f ? hi[u][c] : lo[u][c], s);
 #pragma unroll
-        for (int o = TPR / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        for (int o = TPR / 2; o > 0; o >>= 1) s += __shfl_xor_sync(FULL_MASK, s, o);
         best[u] = sum ? best[u] + s : fmaxf(best[u], s);
       }
     }
@@ -95,7 +96,7 @@ __device__ void scorePages(const SparseArgs& a, const float* qs, int G, const in
     for (int u = 0; u < U; u++) {
       const int p = pb + u * RPW + row;
       // An empty page's box is inverted (min > max) in every channel; its first lane sees channel 0.
-      if (col == 0 && p < p1) __stcg(out + p, lo[u][0] > hi[u][0] ? -INFINITY : best[u]);
+      if (col == 0 && p < count) __stcg(out + p, lo[u][0] > hi[u][0] ? -INFINITY : best[u]);
     }
   }
 }
@@ -104,116 +105,190 @@ __device__ void scorePages(const SparseArgs& a, const float* qs, int G, const in
 __device__ __forceinline__ int skew(int p) { return p + (p >> 5); }
 
 /**
- * Top-K of one (sequence, KV head) over its n page scores, written as ascending logical pages:
- * forced pages (the first `sinks` and the last) are kept when non-empty; of the rest, the
- * `K - kept` highest scores, ties to the lower page; empty pages (-inf) and NaN never.
- * K >= n keeps every page (dense), as the policy does. Radix select over the scores' order-
- * preserving keys held in shared memory (`keys`: skew(n) + 1 words), with warp-aggregated
- * histogram updates; then one pass over thread-contiguous ranges writes the pages in order.
+ * Selection keys: 0 never chosen (an empty page, NaN, an empty forced page); KEY_FORCED a
+ * non-empty forced page, ranked above every score; otherwise floatKey(score), in [1, KEY_FORCED).
  */
-__device__ void selectPages(const float* scores, int n, int K, int sinks, int* sel, int* count, unsigned* keys) {
-  __shared__ int hist[256];
-  __shared__ int scratch[33];
-  __shared__ int pick[2];
-  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31;
+constexpr unsigned KEY_FORCED = 0xffffffffu;
+
+/**
+ * Sum of `v` over the block, every thread gets it; one barrier. `red` holds 2 x 32 ints used
+ * alternately (`round` counts the calls), so a fast warp's next write cannot race a slow warp's
+ * read of the previous sum. Called by every thread, all lanes active.
+ */
+__device__ __forceinline__ int blockCount(int v, int* red, int& round) {
+  v = __reduce_add_sync(FULL_MASK, v);
+  int* slot = red + (round & 1) * 32;
+  round++;
+  if ((threadIdx.x & 31) == 0) slot[threadIdx.x >> 5] = v;
+  __syncthreads();
+  int t = 0;
+  for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += slot[w];
+  return t;
+}
+
+/**
+ * Top-K of one (sequence, KV head) over its n page scores, written as ascending logical pages
+ * (`sel`) and their attention entries (`selPhys`: physical page, ~page for the last one):
+ * forced pages (the first `sinks` and the last) are kept when non-empty; of the rest, the
+ * `K - kept` highest scores, ties to the lower page; empty pages (-inf) and NaN never. K >= n
+ * keeps every page (dense), as the policy does. Returns the count (to every thread).
+ *
+ * The K-th largest key is found bit by bit, high to low, over the bits where the candidates'
+ * keys differ (the bits they share are the answer's too): a bit is set when at least K keys
+ * reach the prefix with it set, one block count per bit. A count of exactly K ends the search:
+ * those keys are the top K. The pages are then written in order from thread-contiguous ranges
+ * with one block scan of two packed counts (pages above the threshold, ties at it; n < 2^16,
+ * which the selection's shared memory bounds anyway).
+ * `keys` (and `physS` unless null) hold skew(n) + 1 words of shared memory each. Not inlined:
+ * its batched loads would otherwise raise the register count of the whole kernel (152 against
+ * 128 for the TinyLlama instantiation, a quarter of the resident CTAs).
+ */
+__device__ __noinline__ int selectPages(const float* __restrict__ scores, const int* __restrict__ pages, int n, int K, int sinks,
+                           int* __restrict__ sel, int* __restrict__ selPhys, int* __restrict__ count, unsigned* keys,
+                           int* physS) {
+  __shared__ int red[64];
+  __shared__ unsigned agg[4][32];
+  __shared__ unsigned scan[33];
+  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+  const int last = n - 1;
   if (K >= n) {
-    for (int p = tid; p < n; p += nt) __stcg(sel + p, p);
+    for (int p = tid; p < n; p += nt) {
+      const int phys = __ldg(pages + p);
+      __stcg(sel + p, p);
+      __stcg(selPhys + p, p == last ? ~phys : phys);
+    }
     if (tid == 0) __stcg(count, n);
-    return;
+    return n;
   }
   const int nSinks = min(sinks, n);
+  unsigned andK = FULL_MASK, orK = 0u;
   int keptLocal = 0, candLocal = 0;
-#pragma unroll 8
-  for (int p = tid; p < n; p += nt) {
-    const float s = __ldcg(scores + p);
-    const bool valid = s > -INFINITY;
-    const bool forced = p < nSinks || p == n - 1;
-    keys[skew(p)] = (!forced && valid) ? floatKey(s) : 0u;  // 0: not a candidate (no float maps to it)
-    keptLocal += forced && valid;
-    candLocal += !forced && valid;
-  }
-  const int kept = blockSumInt(keptLocal, scratch);
-  const int cand = blockSumInt(candLocal, scratch);
-  const int kRem = K - kept;
-  // mode 0: no candidate chosen, 1: all, 2: above the radix-selected threshold (plus ties)
-  const int mode = kRem <= 0 ? 0 : kRem >= cand ? 1 : 2;
-  unsigned thr = 0;
-  int ties = 0;
-  if (mode == 2) {
-    unsigned prefix = 0, mask = 0;
-    int kk = kRem;
-    for (int pass = 0; pass < 4; pass++) {
-      const int shift = 24 - 8 * pass;
-      __syncthreads();
-      for (int i = tid; i < 256; i += nt) hist[i] = 0;
-      __syncthreads();
-      for (int p = tid; p < n; p += nt) {
-        const unsigned key = keys[skew(p)];
-        if (key != 0u && (key & mask) == prefix) {
-          const unsigned bin = (key >> shift) & 255u;
-          const unsigned peers = __match_any_sync(__activemask(), bin);
-          if (lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
-        }
-      }
-      __syncthreads();
-      if (tid < 32) {
-        int local[8], tot = 0;
+  // Batches of B loads per thread in flight (scores from L2, page ids), then the keys.
+  constexpr int B = 8;
+  for (int p0 = tid; p0 < n; p0 += B * nt) {
+    float s[B];
+    int phys[B];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-          local[j] = hist[tid * 8 + j];
-          tot += local[j];
-        }
-        int suffix = tot;  // keys in this lane's bins and every higher bin
+    for (int j = 0; j < B; j++) {
+      const int p = p0 + j * nt;
+      s[j] = p < n ? __ldcg(scores + p) : -INFINITY;
+      phys[j] = physS != nullptr && p < n ? __ldg(pages + p) : 0;
+    }
 #pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-          const int v = __shfl_down_sync(0xffffffffu, suffix, o);
-          if (tid + o < 32) suffix += v;
-        }
-        const int above = suffix - tot;
-        if (above < kk && kk <= suffix) {
-          int acc = above;
-          for (int j = 7; j >= 0; j--) {
-            if (acc + local[j] >= kk) {
-              pick[0] = tid * 8 + j;
-              pick[1] = acc;
-              break;
-            }
-            acc += local[j];
+    for (int j = 0; j < B; j++) {
+      const int p = p0 + j * nt;
+      if (p < n) {
+        unsigned key = 0u;
+        if (s[j] > -INFINITY) {
+          if (p < nSinks || p == last) {
+            key = KEY_FORCED;
+            keptLocal++;
+          } else {
+            key = floatKey(s[j]);
+            andK &= key;
+            orK |= key;
+            candLocal++;
           }
         }
+        keys[skew(p)] = key;
+        if (physS != nullptr) physS[skew(p)] = p == last ? ~phys[j] : phys[j];
       }
-      __syncthreads();
-      prefix |= unsigned(pick[0]) << shift;
-      mask |= 0xFFu << shift;
-      kk -= pick[1];
     }
-    thr = prefix;
-    ties = kk;
   }
-  // Thread-contiguous ranges: ties ranked in page order, then the chosen pages written in order.
+  keptLocal = __reduce_add_sync(FULL_MASK, keptLocal);
+  candLocal = __reduce_add_sync(FULL_MASK, candLocal);
+  andK = __reduce_and_sync(FULL_MASK, andK);
+  orK = __reduce_or_sync(FULL_MASK, orK);
+  if (lane == 0) {
+    agg[0][warp] = (unsigned)keptLocal;
+    agg[1][warp] = (unsigned)candLocal;
+    agg[2][warp] = andK;
+    agg[3][warp] = orK;
+  }
+  __syncthreads();  // also publishes the keys
+  int kept = 0, cand = 0;
+  unsigned andAll = FULL_MASK, orAll = 0u;
+  for (int w = 0; w < nw; w++) {
+    kept += (int)agg[0][w];
+    cand += (int)agg[1][w];
+    andAll &= agg[2][w];
+    orAll |= agg[3][w];
+  }
+
+  // Chosen: key > thr, and the first `ties` keys equal to thr in page order.
+  unsigned thr;
+  int ties = 0;
+  int round = 0;
+  if (kept + cand <= K) {
+    thr = 0u;  // every non-empty page
+  } else if (kept >= K) {
+    thr = KEY_FORCED - 1u;  // the forced pages alone (all of them, as the policy keeps them)
+  } else {
+    // The K-th largest key (forced keys rank first, so it is a candidate's).
+    const unsigned diff = andAll ^ orAll;
+    thr = andAll;
+    bool exact = false;
+    for (int b = 31; b >= 0; b--) {
+      if (!((diff >> b) & 1u)) continue;
+      const unsigned c = thr | (1u << b);
+      int local = 0;
+#pragma unroll 4
+      for (int p = tid; p < n; p += nt) local += keys[skew(p)] >= c;
+      const int atLeast = blockCount(local, red, round);
+      if (atLeast >= K) thr = c;
+      if (atLeast == K) {
+        exact = true;
+        break;
+      }
+    }
+    if (exact) {
+      thr -= 1u;  // keys >= the last prefix tried are exactly the top K (it is >= 1: fewer than every key reach it)
+    } else {
+      int local = 0;
+#pragma unroll 4
+      for (int p = tid; p < n; p += nt) local += keys[skew(p)] > thr;
+      ties = K - blockCount(local, red, round);
+    }
+  }
+
+  // Thread-contiguous ranges: a page's position is the chosen pages before it, i.e. the pages
+  // above the threshold before it plus the ties before it, capped at `ties`.
   const int per = (n + nt - 1) / nt;
   const int b0 = min(n, tid * per), b1 = min(n, b0 + per);
-  int tiesLocal = 0;
-  if (mode == 2)
-    for (int p = b0; p < b1; p++) tiesLocal += keys[skew(p)] == thr;
-  int tieTotal;
-  const int tieBase = blockExclusiveScan(tiesLocal, tieTotal, scratch);
-  auto chosen = [&](int p, int& tieIdx) -> bool {
-    if (p < nSinks || p == n - 1) return __ldcg(scores + p) > -INFINITY;
-    const unsigned key = keys[skew(p)];
-    if (key == 0u || mode == 0) return false;
-    if (mode == 1 || key > thr) return true;
-    return key == thr && tieBase + tieIdx++ < ties;
-  };
-  int chosenLocal = 0;
-  int tieIdx = 0;
-  for (int p = b0; p < b1; p++) chosenLocal += chosen(p, tieIdx);
-  int chosenTotal;
-  int pos = blockExclusiveScan(chosenLocal, chosenTotal, scratch);
-  tieIdx = 0;
-  for (int p = b0; p < b1; p++)
-    if (chosen(p, tieIdx)) __stcg(sel + pos++, p);
-  if (tid == 0) __stcg(count, chosenTotal);
+  int above = 0, tied = 0;
+  for (int p = b0; p < b1; p++) {
+    const unsigned k = keys[skew(p)];
+    above += k > thr;
+    tied += ties > 0 && k == thr;
+  }
+  unsigned totals;
+  const unsigned packed = blockExclusiveScan<unsigned>((unsigned)above | ((unsigned)tied << 16), totals, scan);
+  int a = (int)(packed & 0xffffu), t = (int)(packed >> 16);
+  const int total = (int)(totals & 0xffffu) + min((int)(totals >> 16), ties);
+  for (int p = b0; p < b1; p++) {
+    const unsigned k = keys[skew(p)];
+    int pos = -1;
+    if (k > thr) {
+      pos = a + min(t, ties);
+      a++;
+    } else if (ties > 0 && k == thr) {
+      if (t < ties) pos = a + t;
+      t++;
+    }
+    if (pos >= 0) {
+      __stcg(sel + pos, p);
+      int e;
+      if (physS != nullptr) {
+        e = physS[skew(p)];
+      } else {
+        const int phys = __ldg(pages + p);
+        e = p == last ? ~phys : phys;
+      }
+      __stcg(selPhys + pos, e);
+    }
+  }
+  if (tid == 0) __stcg(count, total);
+  return total;
 }
 
 template <class Core>
@@ -225,7 +300,9 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
   const int G = d.groupSize;
   const int pairs = d.numSeqs * d.numKvHeads;
   const int chunksPerPair = (a.maxPages + a.scoreChunk - 1) / a.scoreChunk;
+  const bool stage = a.maxPages <= SELECT_STAGED_PAGES;
   __shared__ int lastFlag;
+  __shared__ int readyCount;
 
   // Phases 1-2: scores, then selection by the last scorer of each (sequence, KV head).
   const int scoreItems = (a.phases & 1) ? pairs * chunksPerPair : 0;
@@ -233,12 +310,20 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
     const int pair = item / chunksPerPair, chunk = item % chunksPerPair;
     const int seq = pair / d.numKvHeads, kvh = pair % d.numKvHeads;
     const int base = d.pageIndptr[seq], np = d.pageIndptr[seq + 1] - base;
-    __syncthreads();
-#pragma unroll 4
-    for (int i = threadIdx.x; i < G * D; i += blockDim.x) smem[i] = d.q[seq * d.qStride + (long)kvh * G * D + i];
-    __syncthreads();
+    const int K = a.topK[seq];
     const int p0 = min(np, chunk * a.scoreChunk), p1 = min(np, p0 + a.scoreChunk);
-    scorePages<D>(a, smem, G, d.pageIndices + base, kvh, p0, p1, a.scores + (long)pair * a.maxPages);
+    __syncthreads();  // the previous item's selection may still read shared memory
+    if (K < np && p1 > p0) {  // (K >= np keeps every page: nothing to score)
+      // The group's queries and the chunk's page ids, loaded together (one round trip).
+      float* qs = smem;
+      int* ids = reinterpret_cast<int*>(smem + G * D);
+#pragma unroll 4
+      for (int i = threadIdx.x; i < G * D; i += blockDim.x) qs[i] = d.q[seq * d.qStride + (long)kvh * G * D + i];
+#pragma unroll 4
+      for (int i = threadIdx.x; i < p1 - p0; i += blockDim.x) ids[i] = __ldg(d.pageIndices + base + p0 + i);
+      __syncthreads();
+      scorePages<D>(a, qs, G, ids, kvh, p1 - p0, a.scores + (long)pair * a.maxPages + p0);
+    }
     // The barrier orders every thread's scores before thread 0's fence (cumulativity): one
     // device-scope fence per item instead of one per thread.
     __syncthreads();
@@ -250,14 +335,17 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
     __syncthreads();
     if (lastFlag) {
       if (threadIdx.x == 0) a.scoreCounters[pair] = 0;
-      selectPages(a.scores + (long)pair * a.maxPages, np, a.topK[seq], a.sinkPages, a.selected + (long)pair * a.maxPages,
-                  a.selectedCount + pair, reinterpret_cast<unsigned*>(smem));
-      // Publish: the pair's attenders may start (no grid-wide barrier, so attention overlaps
-      // scoring). A select-only launch (phases 1) publishes nothing, so no flag is left set.
+      unsigned* keys = reinterpret_cast<unsigned*>(smem);
+      int* physS = stage ? reinterpret_cast<int*>(keys + np + (np >> 5) + 1) : nullptr;
+      const long row = (long)pair * a.maxPages;
+      const int count = selectPages(a.scores + row, d.pageIndices + base, np, K, a.sinkPages, a.selected + row,
+                                    a.selectedPhys + row, a.selectedCount + pair, keys, physS);
+      // Publish the count: the pair's attenders may start (no grid-wide barrier, so attention
+      // overlaps scoring). A select-only launch (phases 1) publishes nothing, so no flag is left set.
       __syncthreads();
       if (threadIdx.x == 0 && (a.phases & 2)) {
         __threadfence();
-        atomicExch(a.ready + pair, 1);
+        atomicExch(a.ready + pair, count + 1);
       }
     }
   }
@@ -270,20 +358,24 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
     const int seq = pair / d.numKvHeads, kvh = pair % d.numKvHeads;
     const int h0 = kvh * G + chunk * GT;
     const int gCount = min(GT, G - chunk * GT);
-    const int base = d.pageIndptr[seq], np = d.pageIndptr[seq + 1] - base;
+    int count;
     if (a.phases & 1) {  // (with phases 2 alone, the previous launch's selection is used)
       // Every CTA finished its scoring items before any waits here, and the launch is
       // cooperative (all CTAs resident), so the pair's selector always gets to run.
       if (threadIdx.x == 0) {
-        while (atomicAdd(a.ready + pair, 0) == 0) __nanosleep(64);
+        int r;
+        while ((r = atomicAdd(a.ready + pair, 0)) == 0) __nanosleep(64);
         __threadfence();
+        readyCount = r - 1;
       }
       __syncthreads();
+      count = readyCount;
+    } else {
+      count = __ldcg(a.selectedCount + pair);
     }
-    const int count = __ldcg(a.selectedCount + pair);
     const int per = (count + d.numSplits - 1) / d.numSplits;
     const int iBeg = min(count, split * per), iEnd = min(count, iBeg + per);
-    const SelectedPages src{a.selected + (long)pair * a.maxPages, d.pageIndices + base, np, d.lastPageLen[seq], d.pageSize};
+    const SelectedPages src{a.selectedPhys + (long)pair * a.maxPages, d.lastPageLen[seq], d.pageSize};
     __syncthreads();  // the previous item's merge may still read the scratch run() writes
     Core::run(d.q + seq * d.qStride + h0 * D, static_cast<const KV*>(d.kCache), static_cast<const KV*>(d.vCache), kvh,
               d.numKvHeads, d.pageSize, src, iBeg, iEnd, gCount, d.scaleLog2, smem);
@@ -312,7 +404,9 @@ KernelInfo sparseDecodeKernel(int kvDtype, int headDim, int gt) {
 
 int sparseDecodeSmem(const KernelInfo& k, int groupSize, int headDim, int maxPages) {
   const int keys = (maxPages + (maxPages >> 5) + 1) * 4;
-  return std::max(k.smemBytes, std::max(groupSize * headDim * 4, keys));
+  const int select = maxPages <= SELECT_STAGED_PAGES ? 2 * keys : keys;
+  const int score = (groupSize * headDim + MAX_SCORE_CHUNK) * 4;
+  return std::max(k.smemBytes, std::max(score, select));
 }
 
 void launchSparseDecode(const SparseArgs& a, int kvDtype, int gridBlocks, cudaStream_t stream) {

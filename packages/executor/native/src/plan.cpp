@@ -8,7 +8,7 @@
 
 namespace ts {
 
-constexpr int SCORE_CHUNK = 128;  // pages scored per CTA item (the sparse kernel's block size)
+constexpr int SCORE_CHUNK = 64;  // fewest pages per scoring item: one load round per warp
 
 static int occupancy(const KernelInfo& k, int smem) {
   prepareKernel(k, smem);
@@ -173,6 +173,9 @@ void StepPlan::update(const PlanParams& p) {
       const int np = p.pageIndptr[s + 1] - p.pageIndptr[s];
       maxSel = std::max(maxSel, topk[s] >= np ? np : std::min(np, std::max(topk[s], std::min(p.sinkPages, np) + 1)));
     }
+    // The selection packs two page counts in one 32-bit scan.
+    if (this->maxPages > 65535)
+      fail("seqLens", "sparse selection takes at most 65535 pages per sequence, got " + std::to_string(this->maxPages));
     const KernelInfo sk = sparseDecodeKernel(kvDtype, headDim, headsPerCta);
     sparseSmem = sparseDecodeSmem(sk, groupSize, headDim, this->maxPages);
     if (sparseSmem > (int)dev.props.sharedMemPerBlockOptin - 4096)
@@ -182,14 +185,15 @@ void StepPlan::update(const PlanParams& p) {
     const int sparseTarget = p.targetCtas > 0 ? p.targetCtas : resident;
     sparseSplits = chooseSplits(p.sparseSplits, units, maxSel, p.minPagesPerSplit, sparseTarget);
     const int pairs = S * numKvHeads;
-    // Pages per scoring item: about two items per resident CTA, 128 to 1024 pages (fewer,
-    // larger items spend less on per-item synchronisation).
-    scoreChunk = std::max(SCORE_CHUNK, std::min(1024, ceilDiv(ceilDiv(pairs * this->maxPages, 2 * resident), 64) * 64));
+    // Pages per scoring item: about one item per resident CTA, so that every CTA scores at once
+    // (the selection of a pair waits for its slowest chunk), 64 to MAX_SCORE_CHUNK pages.
+    scoreChunk = std::max(SCORE_CHUNK, std::min(MAX_SCORE_CHUNK, ceilDiv(ceilDiv(pairs * this->maxPages, resident), 64) * 64));
     const int items1 = pairs * ceilDiv(this->maxPages, scoreChunk);
     const int items3 = units * sparseSplits;
     sparseGrid = std::max(1, std::min(resident, std::max(items1, items3)));
     scores.ensure((size_t)pairs * this->maxPages * 4, false);
     selected.ensure((size_t)pairs * this->maxPages * 4, false);
+    selectedPhys.ensure((size_t)pairs * this->maxPages * 4, false);
     selectedCount.ensure((size_t)pairs * 4, false);
   }
   const int slot = decodePartialFloats(headDim, headsPerCta);
@@ -226,6 +230,7 @@ void StepPlan::release() {
   counters.release();
   scores.release();
   selected.release();
+  selectedPhys.release();
   selectedCount.release();
 }
 

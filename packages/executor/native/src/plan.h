@@ -33,11 +33,11 @@ struct StepPlan {
   int numSeqs = 0, numTokens = 0, numQHeads = 0, numKvHeads = 0, headDim = 0, pageSize = 0, kvDtype = 0;
   int groupSize = 0, headsPerCta = 0, headChunks = 0, maxPages = 0, sinkPages = 0;
   bool decodeOnly = false, hasSparse = false;
-  int denseSplits = 1, sparseSplits = 1, sparseGrid = 0, sparseSmem = 0, scoreChunk = 128;
+  int denseSplits = 1, sparseSplits = 1, sparseGrid = 0, sparseSmem = 0, scoreChunk = 64;
   int numRuns = 0, numBlocks = 0, prefillHeads = 0, prefillChunks = 0;
   long kvPoolElems = 0;
 
-  Scratch ints, partial, counters, scores, selected, selectedCount;
+  Scratch ints, partial, counters, scores, selected, selectedPhys, selectedCount;
   int *pageIndptr = nullptr, *pageIndices = nullptr, *lastLen = nullptr, *topK = nullptr;
   int *tokenPage = nullptr, *tokenSlot = nullptr, *tokenPos = nullptr, *runStart = nullptr;
   int *blockSeq = nullptr, *blockRow = nullptr, *blockPos = nullptr, *blockCount = nullptr;

@@ -26,6 +26,22 @@ export const DEFAULT_MODES: BenchmarkMode[] = [
   { kind: 'sparse', tokenBudget: 2048 },
 ];
 
+/**
+ * Modes from a command line: comma-separated `dense`, `ratio:R`, `budget:TOKENS`; absent:
+ * DEFAULT_MODES.
+ */
+export function parseModes(spec: string | undefined): BenchmarkMode[] {
+  if (spec === undefined) return DEFAULT_MODES;
+  return spec.split(',').map((m): BenchmarkMode => {
+    if (m === 'dense') return { kind: 'dense' };
+    const [kind, value] = m.split(':');
+    const x = Number(value);
+    if (kind === 'ratio' && x > 0 && x <= 1) return { kind: 'sparse', selectionRatio: x };
+    if (kind === 'budget' && Number.isInteger(x) && x > 0) return { kind: 'sparse', tokenBudget: x };
+    throw new Error(`--modes: '${m}' is not dense, ratio:R (0 < R <= 1) or budget:TOKENS`);
+  });
+}
+
 /** One shape as tools/bench-sdpa.py reads it, and its result. */
 export interface SdpaShape {
   batch: number;

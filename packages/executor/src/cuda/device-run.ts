@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { loadCudaAddon } from './addon-loader.js';
 import { checkBackendOps, checkExecutors } from './backend-checks.js';
 import type { BenchmarkTuning } from './benchmark-attention.js';
-import { HEAD_SHAPES, formatSuiteTable, runAttentionSuite, sdpaShapes } from './benchmark-suite.js';
+import { HEAD_SHAPES, formatSuiteTable, parseModes, runAttentionSuite, sdpaShapes } from './benchmark-suite.js';
 import type { SdpaResult } from './benchmark-suite.js';
 import { defaultScenarios, runGpuChecks } from './gpu-checks.js';
 import type { GpuCheckResult } from './gpu-checks.js';
@@ -25,6 +25,10 @@ const { values: args } = parseArgs({
     'skip-bench': { type: 'boolean', default: false },
     'skip-sdpa': { type: 'boolean', default: false },
     'sdpa-script': { type: 'string', default: 'tools/bench-sdpa.py' },
+    /** SDPA results of an earlier run on the same shapes (sdpa.json): not measured again. */
+    'sdpa-from': { type: 'string' },
+    /** Comma-separated: dense, ratio:R, budget:TOKENS (default: dense, ratio 0.3, ratio 1/8, budget 2048). */
+    modes: { type: 'string' },
     shapes: { type: 'string', default: 'tinyllama,gpt2' },
     batches: { type: 'string', default: '1,8,32' },
     contexts: { type: 'string', default: '4096,8192,16384,32768,65536' },
@@ -71,8 +75,12 @@ async function main(): Promise<void> {
   });
   const batches = args.batches!.split(',').map(Number);
   const contexts = args.contexts!.split(',').map(Number);
+  const modes = parseModes(args.modes);
   let sdpa: SdpaResult[] = [];
-  if (!args['skip-sdpa']) {
+  if (args['sdpa-from'] !== undefined) {
+    sdpa = (JSON.parse(readFileSync(args['sdpa-from'], 'utf8')) as { results: SdpaResult[] }).results;
+    log(`PyTorch SDPA from ${args['sdpa-from']} (${sdpa.length} shapes)`);
+  } else if (!args['skip-sdpa']) {
     const shapesFile = join(out, 'sdpa-shapes.json');
     const sdpaFile = join(out, 'sdpa.json');
     writeFileSync(shapesFile, JSON.stringify(sdpaShapes(shapes, batches, contexts)));
@@ -89,6 +97,7 @@ async function main(): Promise<void> {
     shapes,
     batches,
     contexts,
+    modes,
     iterations: Number(args.iterations),
     tunings: JSON.parse(args.tunings!) as BenchmarkTuning[],
     log,

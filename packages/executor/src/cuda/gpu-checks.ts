@@ -444,6 +444,11 @@ export function defaultScenarios(): AttentionScenario[] {
     { name: 'tensor cores, group 4, dim 16, page 7', numQHeads: 8, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'fp16', metaDtype: 'fp16', history: [3, 60, 411], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.4, tokenBudget: null, sinkPages: 1 }, seed: 13 },
     { name: 'ratio 1 is dense', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [300, 1000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: null, sinkPages: 1 }, seed: 7 },
     { name: 'tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [1200, 640], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, tiedKeys: true, seed: 8 },
+    // Long contexts: many keys per selecting thread (2048 pages), exact ties among many pages,
+    // and more pages than the selection stages in shared memory (4376).
+    { name: 'tinyllama 32K budget 2048', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [32767, 4000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, seed: 14 },
+    { name: 'long tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [20000, 9000], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.125, tokenBudget: null, sinkPages: 2 }, tiedKeys: true, seed: 15 },
+    { name: 'selection past the staged size', numQHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [70000, 100], newTokens: [1, 1], rope: true, selection: { selectionRatio: 0.1, tokenBudget: null, sinkPages: 1 }, seed: 16 },
     { name: 'prefill tinyllama fp16', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [0, 100, 15], newTokens: [70, 33, 1], rope: true, seed: 9 },
     { name: 'prefill gpt2 fp32', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [0, 16], newTokens: [129, 16], rope: false, seed: 10 },
     { name: 'prefill group 3 page 7', numQHeads: 6, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'fp32', metaDtype: 'fp16', history: [5, 0], newTokens: [20, 9], rope: true, seed: 11 },
