@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { CONFIG_FIELDS, ConfigError, DEFAULT_CONFIG, snakeToCamel } from '@tinyserve/core';
-import type { TinyServeConfig } from '@tinyserve/core';
+import type { ModelType, TinyServeConfig } from '@tinyserve/core';
 
 /** `pageSize` -> `page-size`. */
 export function camelToKebab(name: string): string {
@@ -75,4 +75,14 @@ export function configFlagSpecs(): Record<string, { type: 'string' }> {
   const specs: Record<string, { type: 'string' }> = {};
   for (const field of CONFIG_FIELDS) specs[camelToKebab(field)] = { type: 'string' };
   return specs;
+}
+
+const MODEL_TYPES: readonly ModelType[] = ['auto', 'gpt2', 'llama'];
+
+/** The `--model-type` flag's value, or null (after saying why on stderr) when it is not one. */
+export function modelTypeFlag(raw: string | undefined, stderr: (text: string) => void): ModelType | null {
+  const value = raw ?? 'auto';
+  if ((MODEL_TYPES as readonly string[]).includes(value)) return value as ModelType;
+  stderr(`error: --model-type must be auto, gpt2 or llama, got '${value}'\n`);
+  return null;
 }

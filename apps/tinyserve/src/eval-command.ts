@@ -3,7 +3,7 @@ import { ConfigError } from '@tinyserve/core';
 import type { ModelType } from '@tinyserve/core';
 import { EVAL_TASKS, evalResultToJson, formatEvalMarkdown, loadTextFile, runEval, writeEvalReport } from '@tinyserve/server';
 import type { EvalBudget, EvalParams, EvalTask, PasskeyContext } from '@tinyserve/server';
-import { collectConfig, configFlagSpecs } from './config-sources.js';
+import { collectConfig, configFlagSpecs, modelTypeFlag } from './config-sources.js';
 import type { CommandIo } from './io.js';
 
 export const EVAL_HELP = `tinyserve eval: compare KV selection policies (and pruning / early exit) against dense attention
@@ -97,11 +97,8 @@ export async function evalCommand(argv: string[], io: CommandIo): Promise<number
     io.stdout(EVAL_HELP + '\n');
     return 0;
   }
-  const modelType = values['model-type'];
-  if (modelType !== 'auto' && modelType !== 'gpt2' && modelType !== 'llama') {
-    io.stderr(`error: --model-type must be auto, gpt2 or llama, got '${modelType}'\n`);
-    return 2;
-  }
+  const modelType = modelTypeFlag(values['model-type'], io.stderr);
+  if (modelType === null) return 2;
   const taskItems = list('--task', values.task);
   const tasks = (taskItems.includes('all') ? [...EVAL_TASKS] : taskItems) as EvalTask[];
   for (const t of tasks) {

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { TinyServe } from '@tinyserve/server';
 import type { TinyServeRequest } from '@tinyserve/core';
-import { collectConfig, configFlagSpecs } from './config-sources.js';
+import { collectConfig, configFlagSpecs, modelTypeFlag } from './config-sources.js';
 import type { CommandIo } from './io.js';
 import { allowDownloadFrom, modelLoadingProgress } from './progress.js';
 
@@ -64,11 +64,8 @@ export async function generateCommand(argv: string[], io: CommandIo): Promise<nu
     io.stderr('error: --prompt is required (see tinyserve generate --help)\n');
     return 2;
   }
-  const modelType = values['model-type'];
-  if (modelType !== 'auto' && modelType !== 'gpt2' && modelType !== 'llama') {
-    io.stderr(`error: --model-type must be auto, gpt2 or llama, got '${modelType}'\n`);
-    return 2;
-  }
+  const modelType = modelTypeFlag(values['model-type'], io.stderr);
+  if (modelType === null) return 2;
   const flags = values as unknown as Record<string, string | undefined>;
   // `--seed` is the request's sampling seed; the config field of that name is its default.
   const config = collectConfig({ file: values.config, env: io.env, flags: { ...flags, seed: undefined } });

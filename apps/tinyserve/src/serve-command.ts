@@ -3,7 +3,7 @@ import { ConfigError } from '@tinyserve/core';
 import type { ModelType, TinyServeConfig } from '@tinyserve/core';
 import { TinyServe, createHttpServer, installGracefulShutdown } from '@tinyserve/server';
 import type { ServingBackend } from '@tinyserve/server';
-import { collectConfig, configFlagSpecs } from './config-sources.js';
+import { collectConfig, configFlagSpecs, modelTypeFlag } from './config-sources.js';
 import type { CommandIo } from './io.js';
 import { allowDownloadFrom, modelLoadingProgress } from './progress.js';
 
@@ -88,11 +88,8 @@ export async function serveCommand(argv: string[], io: CommandIo, deps: ServeDep
     io.stdout(SERVE_HELP + '\n');
     return 0;
   }
-  const modelType = values['model-type'];
-  if (modelType !== 'auto' && modelType !== 'gpt2' && modelType !== 'llama') {
-    io.stderr(`error: --model-type must be auto, gpt2 or llama, got '${modelType}'\n`);
-    return 2;
-  }
+  const modelType = modelTypeFlag(values['model-type'], io.stderr);
+  if (modelType === null) return 2;
   const port = intFlag('port', values.port, 8000, 0, 65535);
   const bodyLimit = intFlag('body-limit', values['body-limit'], 1 << 20, 1024, 1 << 30);
   const drainTimeoutS = intFlag('drain-timeout', values['drain-timeout'], 30, 0, 86400);
