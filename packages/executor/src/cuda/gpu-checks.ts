@@ -6,6 +6,7 @@
  * skips where the addon cannot load.
  */
 import type { KvLayout, SelectionConfig } from '@tinyserve/core';
+import { mulberry32 } from '@tinyserve/core';
 import {
   createQuestPolicy,
   decodeFp16,
@@ -45,16 +46,7 @@ export function relativeError(got: ArrayLike<number>, ref: ArrayLike<number>): n
   return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = mulberry32;
 
 function normals(n: number, r: () => number, scale = 1): Float32Array {
   const out = new Float32Array(n);
