@@ -102,67 +102,26 @@ function dot(a: Float32Array, ao: number, b: Float32Array, bo: number, n: number
 }
 
 /**
- * Dense reference: every position in order, max-subtracted softmax, float64 accumulation
- * (logits via {@link dot}). {@link sparsePagedAttention} with every page selected performs the
- * same operations in the same order, so the two agree bit for bit.
+ * Dense reference: every position in order, max-subtracted softmax, float64 accumulation.
+ * It is {@link sparsePagedAttention} with every page of every KV head selected, so the two
+ * agree bit for bit by construction; the tests check it against a textbook softmax.
  */
 export function pagedAttentionDecodeDense(params: PagedAttentionDecodeParams): Float32Array {
-  const { numSeqs, group, maxTokens } = checkDecode(params);
-  const { layout, kCache, vCache, query, numQHeads, pageIndptr, pageIndices, lastPageLen } = params;
-  const { pageSize, numKvHeads, headDim } = layout;
-  const scale = params.scale ?? 1 / Math.sqrt(headDim);
-  const out = params.out ?? new Float32Array(query.length);
-  // Query heads of a KV head's group go together, so each K/V row is loaded once per group.
-  const logits = new Float64Array(group * maxTokens);
-  const acc = new Float64Array(group * headDim);
-  const mx = new Float64Array(group);
-  const sum = new Float64Array(group);
+  const { numSeqs } = checkDecode(params);
+  const { pageIndptr } = params;
+  const { numKvHeads } = params.layout;
+  const selectedIndptr = new Int32Array(numSeqs * numKvHeads + 1);
   for (let s = 0; s < numSeqs; s++) {
-    const start = pageIndptr[s];
-    const np = pageIndptr[s + 1] - start;
-    for (let j = 0; j < numKvHeads; j++) {
-      const qb = (s * numQHeads + j * group) * headDim;
-      if (np === 0) {
-        out.fill(0, qb, qb + group * headDim);
-        continue;
-      }
-      mx.fill(-Infinity);
-      let t = 0;
-      for (let li = 0; li < np; li++) {
-        const len = li === np - 1 ? lastPageLen[s] : pageSize;
-        const base = pageIndices[start + li] * pageSize;
-        for (let slot = 0; slot < len; slot++, t++) {
-          const kb = ((base + slot) * numKvHeads + j) * headDim;
-          for (let g = 0; g < group; g++) {
-            const q = qb + g * headDim;
-            const x = dot(query, q, kCache, kb, headDim) * scale;
-            logits[g * maxTokens + t] = x;
-            if (x > mx[g]) mx[g] = x;
-          }
-        }
-      }
-      acc.fill(0);
-      sum.fill(0);
-      t = 0;
-      for (let li = 0; li < np; li++) {
-        const len = li === np - 1 ? lastPageLen[s] : pageSize;
-        const base = pageIndices[start + li] * pageSize;
-        for (let slot = 0; slot < len; slot++, t++) {
-          const vb = ((base + slot) * numKvHeads + j) * headDim;
-          for (let g = 0; g < group; g++) {
-            const e = Math.exp(logits[g * maxTokens + t] - mx[g]);
-            sum[g] += e;
-            const a = g * headDim;
-            for (let d = 0; d < headDim; d++) acc[a + d] += e * vCache[vb + d];
-          }
-        }
-      }
-      for (let g = 0; g < group; g++) {
-        for (let d = 0; d < headDim; d++) out[qb + g * headDim + d] = acc[g * headDim + d] / sum[g];
-      }
-    }
+    const np = pageIndptr[s + 1] - pageIndptr[s];
+    for (let j = 0; j < numKvHeads; j++) selectedIndptr[s * numKvHeads + j + 1] = selectedIndptr[s * numKvHeads + j] + np;
   }
-  return out;
+  const selectedPages = new Int32Array(selectedIndptr[numSeqs * numKvHeads]);
+  let i = 0;
+  for (let s = 0; s < numSeqs; s++) {
+    const np = pageIndptr[s + 1] - pageIndptr[s];
+    for (let j = 0; j < numKvHeads; j++) for (let p = 0; p < np; p++) selectedPages[i++] = p;
+  }
+  return sparsePagedAttention({ ...params, selectedIndptr, selectedPages });
 }
 
 /**
