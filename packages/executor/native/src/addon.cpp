@@ -298,7 +298,8 @@ static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value
   s.metaMax = bufferArg(env, o, "metaMax", metaElems, s.metaDtype == META_F16 ? 2 : 4);
   s.aggregateSum = flag(env, o, "aggregateSum") ? 1 : 0;
   s.phases = (int)integer(env, o, "phases", 3);
-  if (s.phases < 1 || s.phases > 3) throw ArgError("phases: must be 1 (score and select), 2 (attend) or 3 (both)");
+  if (s.phases != 1 && s.phases != 2 && s.phases != 3 && s.phases != 5)
+    throw ArgError("phases: must be 1 (score and select), 2 (attend), 3 (both) or 5 (score only), got " + std::to_string(s.phases));
   s.topK = plan->topK;
   s.sinkPages = plan->sinkPages;
   s.maxPages = plan->maxPages;

@@ -54,7 +54,7 @@ struct SparseArgs {
   int* scoreCounters;  // [numSeqs * numKvHeads], zero between launches
   int* ready;          // [numSeqs * numKvHeads]: the pair's selected count + 1 once its selection is written; re-armed to 0 by its last attender
   int* pairDone;       // [numSeqs * numKvHeads]: head chunks of the pair finished (re-armed with `ready`)
-  int phases;          // bit 1: score and select, bit 2: attend (benchmark breakdowns); 3 normally
+  int phases;          // bit 1: score and select, bit 2: attend, 5: score only (benchmark breakdowns); 3 normally
 };
 
 /** Causal attention of new tokens (prefill chunks, or any mix) over their sequences' pages. */

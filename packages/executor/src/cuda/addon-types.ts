@@ -117,10 +117,10 @@ export interface SparseLayerArgs extends DecodeLayerArgs {
   /** Aggregate the GQA group's bounds by sum instead of max. */
   aggregateSum?: boolean;
   /**
-   * For timing breakdowns: 1 scores and selects only, 2 attends over the last selection only,
-   * 3 (default) the whole step.
+   * For timing breakdowns: 1 scores and selects only, 5 scores only, 2 attends over the last
+   * selection only, 3 (default) the whole step.
    */
-  phases?: 1 | 2 | 3;
+  phases?: 1 | 2 | 3 | 5;
 }
 
 export interface AppendKvArgs {

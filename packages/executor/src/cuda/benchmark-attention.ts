@@ -69,7 +69,11 @@ export interface BenchmarkAttentionResult {
   pagesTotal: number;
   /** Copies of the cache rotated through while timing. */
   rotations: number;
-  /** Sparse only: the same launch running just scoring + selection, and just the attention. */
+  /**
+   * Sparse only: the same launch running just the page scoring, scoring + selection, and just
+   * the attention over the last selection.
+   */
+  scoreMicroseconds?: number;
   selectMicroseconds?: number;
   attendMicroseconds?: number;
   plan: PlanInfo;
@@ -182,8 +186,8 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
       });
       const timed = perCall(addon.timeCalls(calls, rounds, warmup));
       const us = timed.gpu;
-      const phaseUs = (phases: 1 | 2): number => perCall(addon.timeCalls(calls.map((c) => ({ ...c, args: { ...c.args, phases } })), rounds, 1)).gpu;
-      const breakdown = mode.kind === 'sparse' ? { selectMicroseconds: phaseUs(1), attendMicroseconds: phaseUs(2) } : {};
+      const phaseUs = (phases: 1 | 2 | 5): number => perCall(addon.timeCalls(calls.map((c) => ({ ...c, args: { ...c.args, phases } })), rounds, 1)).gpu;
+      const breakdown = mode.kind === 'sparse' ? { scoreMicroseconds: phaseUs(5), selectMicroseconds: phaseUs(1), attendMicroseconds: phaseUs(2) } : {};
       let attendedTokens = B * N * Hk;
       let pagesAttended = setPages * Hk;
       let extra = 0;

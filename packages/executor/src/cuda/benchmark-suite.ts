@@ -143,7 +143,10 @@ export function runAttentionSuite(opts: SuiteOptions): SuiteResult {
         }
         for (const row of byMode.values()) {
           rows.push(row);
-          const split = row.selectMicroseconds !== undefined ? ` [select ${row.selectMicroseconds.toFixed(1)} + attend ${row.attendMicroseconds!.toFixed(1)}]` : '';
+          const split =
+            row.selectMicroseconds !== undefined
+              ? ` [score ${row.scoreMicroseconds!.toFixed(1)}, +select ${row.selectMicroseconds.toFixed(1)}; attend ${row.attendMicroseconds!.toFixed(1)}]`
+              : '';
           log(
             `${row.shape} b${batchSize} n${inputSize} ${row.mode}: ${row.microseconds.toFixed(1)} us${split}, ${row.gbPerSecond.toFixed(0)} GB/s ` +
               `(${(100 * row.fractionOfCopy).toFixed(0)}% of copy) splits ${row.plan.denseSplits}/${row.plan.sparseSplits} grid ${row.plan.sparseGrid} ` +

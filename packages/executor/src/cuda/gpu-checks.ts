@@ -436,6 +436,9 @@ export function defaultScenarios(): AttentionScenario[] {
     { name: 'tensor cores, group 4, dim 16, page 7', numQHeads: 8, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'fp16', metaDtype: 'fp16', history: [3, 60, 411], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.4, tokenBudget: null, sinkPages: 1 }, seed: 13 },
     { name: 'ratio 1 is dense', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [300, 1000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: null, sinkPages: 1 }, seed: 7 },
     { name: 'tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [1200, 640], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, tiedKeys: true, seed: 8 },
+    // Many splits merged at once, and splits with no pages at all (more splits than selected pages).
+    { name: 'many splits', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [3000, 517, 0], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.5, tokenBudget: null, sinkPages: 1 }, denseSplits: 21, sparseSplits: 17, seed: 17 },
+    { name: 'many splits, some empty', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [1000, 40], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, denseSplits: 35, sparseSplits: 100, seed: 18 },
     // Long contexts: many keys per selecting thread (2048 pages), exact ties among many pages,
     // and more pages than the selection stages in shared memory (4376).
     { name: 'tinyllama 32K budget 2048', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [32767, 4000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, seed: 14 },
