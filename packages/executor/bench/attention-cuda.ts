@@ -8,7 +8,8 @@
  *   node packages/executor/native/build.mjs
  *   node --conditions=@tinyserve/source --import tsx packages/executor/bench/attention-cuda.ts \
  *     [--shapes tinyllama,gpt2] [--batches 1,8,32] [--contexts 4096,...,65536] [--no-sdpa] \
- *     [--modes dense,ratio:0.3,ratio:0.125,budget:2048] [--tunings '[{},{"headsPerCta":4}]'] [--out dir] [--json]
+ *     [--modes dense,ratio:0.3,ratio:0.125,budget:2048] [--tunings '[{},{"headsPerCta":4}]'] [--kv-dtype fp16|fp32|int8]
+ *     [--out dir] [--json]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -17,7 +18,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadCudaAddon } from '../src/index.js';
 import type { BenchmarkTuning } from '../src/index.js';
-import { HEAD_SHAPES, formatSuiteTable, parseModes, runAttentionSuite, sdpaShapes } from '../src/cuda/benchmark-suite.js';
+import { HEAD_SHAPES, formatSuiteTable, parseKvDtype, parseModes, runAttentionSuite, sdpaShapes } from '../src/cuda/benchmark-suite.js';
 import type { SdpaResult } from '../src/cuda/benchmark-suite.js';
 
 const { values: args } = parseArgs({
@@ -30,6 +31,8 @@ const { values: args } = parseArgs({
     python: { type: 'string', default: 'python3' },
     tunings: { type: 'string', default: '[{}]' },
     iterations: { type: 'string', default: '40' },
+    /** Our kernels' KV format (SDPA stays fp16). */
+    'kv-dtype': { type: 'string', default: 'fp16' },
     out: { type: 'string' },
     json: { type: 'boolean', default: false },
   },
@@ -63,10 +66,11 @@ const suite = runAttentionSuite({
   batches,
   contexts,
   modes: parseModes(args.modes),
+  kvDtype: parseKvDtype(args['kv-dtype']),
   iterations: Number(args.iterations),
   tunings: JSON.parse(args.tunings!) as BenchmarkTuning[],
   log: args.json ? undefined : (line) => console.error(line),
 });
 writeFileSync(join(out, 'bench.json'), JSON.stringify({ ...suite, sdpa }, null, 1));
 if (args.json) console.log(JSON.stringify({ ...suite, sdpa }, null, 1));
-else console.log(`${suite.device.name}, copy ${suite.copyGbPerSecond.toFixed(0)} GB/s, ${new Date().toISOString()}\n\n${formatSuiteTable(suite, sdpa)}`);
+else console.log(`${suite.device.name}, copy ${suite.copyGbPerSecond.toFixed(0)} GB/s, ${new Date().toISOString()}, ${parseKvDtype(args['kv-dtype'])} KV\n\n${formatSuiteTable(suite, sdpa)}`);

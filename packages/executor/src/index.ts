@@ -55,10 +55,11 @@ export type {
   NormArgs,
   ActivationArgs,
   RebuildMetadataArgs,
+  RandomFillArgs,
   CopyTokensArgs,
 } from './cuda/addon-types.js';
-export { CudaKvCache } from './cuda/cuda-kv-cache.js';
-export type { CudaKvCacheOptions, CudaKvDtype, CudaMetaDtype } from './cuda/cuda-kv-cache.js';
+export { CudaKvCache, quantizeKvRows, dequantizeKvRows } from './cuda/cuda-kv-cache.js';
+export type { CudaKvCacheOptions, CudaKvDtype, CudaKvLayerBuffers, CudaMetaDtype } from './cuda/cuda-kv-cache.js';
 export { CudaStepPlan, trimPageTable, selectionTopK } from './cuda/step-plan.js';
 export { CudaBackend } from './cuda/cuda-backend.js';
 export { CUDA_BACKEND_NAME, CUDA_KERNEL_NAMES, registerCudaKernels, broadcastShape, broadcastStrides } from './cuda/cuda-kernels.js';

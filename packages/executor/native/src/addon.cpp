@@ -161,25 +161,41 @@ static napi_value copy(napi_env env, napi_callback_info info) {
   return undefinedValue(env);
 }
 
-/** fill({ dst, dstOffset, count, dtype (0 f32, 1 f16), value }) */
+static int elemBytesOf(int dtype) { return dtype == KV_I8 ? 1 : dtype == KV_F16 ? 2 : 4; }
+
+/** fill({ dst, dstOffset, count, dtype (0 f32, 1 f16, 2 int8), value }) */
 static napi_value fill(napi_env env, napi_callback_info info) {
   napi_value o = arg(env, info, 0);
   const int dtype = (int)integer(env, o, "dtype");
-  if (dtype != 0 && dtype != 1) throw ArgError("dtype: must be 0 (fp32) or 1 (fp16)");
+  if (dtype != 0 && dtype != 1 && dtype != 2) throw ArgError("dtype: must be 0 (fp32), 1 (fp16) or 2 (int8)");
   const long count = integer(env, o, "count");
-  void* dst = bufferArg(env, o, "dst", count, dtype == 1 ? 2 : 4);
-  launchFill(dst, dtype, count, (float)num(env, o, "value"), stream());
+  void* dst = bufferArg(env, o, "dst", count, elemBytesOf(dtype));
+  const double value = num(env, o, "value");
+  if (dtype == 2 && !(value == std::floor(value) && value >= -128 && value <= 127)) throw ArgError("value: int8 fill needs an integer in [-128, 127]");
+  launchFill(dst, dtype, count, (float)value, stream());
   return undefinedValue(env);
 }
 
-/** randomFill({ dst, dstOffset, count, dtype (0 f32, 1 f16), seed, scale }) */
+/**
+ * randomFill({ dst, dstOffset, count, dtype (0 f32, 1 f16, 2 int8), seed, scale, scales?, scalesOffset?, rowLen? }):
+ * int8 quantises rows of `rowLen` values (count a multiple of it) and writes one fp32 scale per row to `scales`.
+ */
 static napi_value randomFill(napi_env env, napi_callback_info info) {
   napi_value o = arg(env, info, 0);
   const int dtype = (int)integer(env, o, "dtype");
-  if (dtype != 0 && dtype != 1) throw ArgError("dtype: must be 0 (fp32) or 1 (fp16)");
+  if (dtype != 0 && dtype != 1 && dtype != 2) throw ArgError("dtype: must be 0 (fp32), 1 (fp16) or 2 (int8)");
   const long count = integer(env, o, "count");
-  void* dst = bufferArg(env, o, "dst", count, dtype == 1 ? 2 : 4);
-  launchRandomFill(dst, dtype, count, (uint32_t)integer(env, o, "seed", 1), (float)num(env, o, "scale", 1.0), stream());
+  void* dst = bufferArg(env, o, "dst", count, elemBytesOf(dtype));
+  const uint32_t seed = (uint32_t)integer(env, o, "seed", 1);
+  const float scale = (float)num(env, o, "scale", 1.0);
+  if (dtype == 2) {
+    const long rowLen = integer(env, o, "rowLen");
+    if (rowLen <= 0 || count % rowLen != 0) throw ArgError("rowLen: must be a positive divisor of count (" + std::to_string(count) + ")");
+    float* scales = reinterpret_cast<float*>(bufferArg(env, o, "scales", count / rowLen, 4));
+    launchRandomFillInt8(static_cast<int8_t*>(dst), scales, count / rowLen, (int)rowLen, seed, scale, stream());
+  } else {
+    launchRandomFill(dst, dtype, count, seed, scale, stream());
+  }
   return undefinedValue(env);
 }
 
@@ -269,7 +285,19 @@ static napi_value planUpdate(napi_env env, napi_callback_info info) {
   return r;
 }
 
-static int kvBytes(const StepPlan& p) { return p.kvDtype == KV_F16 ? 2 : 4; }
+static int kvBytes(const StepPlan& p) { return elemBytesOf(p.kvDtype); }
+
+/**
+ * The int8 scale buffers `kScale` / `vScale` of a call (one fp32 per (page, slot, KV head) of the
+ * pool); both required for int8 KV, ignored otherwise (null).
+ */
+static void scaleArgs(napi_env env, napi_value o, const StepPlan& plan, float** k, float** v) {
+  *k = *v = nullptr;
+  if (plan.kvDtype != KV_I8) return;
+  const long rows = plan.kvPoolElems / plan.headDim;
+  *k = reinterpret_cast<float*>(bufferArg(env, o, "kScale", rows, 4));
+  *v = reinterpret_cast<float*>(bufferArg(env, o, "vScale", rows, 4));
+}
 
 /** The decode launch of one layer, checked against the plan; reused by timeCalls. */
 static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value o, bool sparse) {
@@ -286,6 +314,10 @@ static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value
   a.outStride = outStride;
   a.kCache = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
   a.vCache = bufferArg(env, o, "v", plan->kvPoolElems, kvBytes(*plan));
+  float *ks, *vs;
+  scaleArgs(env, o, *plan, &ks, &vs);
+  a.kScale = ks;
+  a.vScale = vs;
   a.scaleLog2 = (float)(num(env, o, "scale", 1.0 / std::sqrt((double)plan->headDim)) * 1.4426950408889634);
   const int kv = plan->kvDtype;
   if (!sparse) return [a, kv]() { launchDenseDecode(a, kv, stream()); };
@@ -347,7 +379,7 @@ static napi_value readSelection(napi_env env, napi_callback_info info) {
   return o;
 }
 
-/** appendKv(plan, { qkv, qkvStride, qOut?, qOutStride, k, v, metaMin?, metaMax?, metaDtype, rope, ropeTheta }) */
+/** appendKv(plan, { qkv, qkvStride, qOut?, qOutStride, k, v, kScale?, vScale? (int8), metaMin?, metaMax?, metaDtype, rope, ropeTheta }) */
 static napi_value appendKv(napi_env env, napi_callback_info info) {
   StepPlan* plan = planOf(env, arg(env, info, 0));
   napi_value o = arg(env, info, 1);
@@ -367,6 +399,7 @@ static napi_value appendKv(napi_env env, napi_callback_info info) {
   a.kvDtype = plan->kvDtype;
   a.kCache = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
   a.vCache = bufferArg(env, o, "v", plan->kvPoolElems, kvBytes(*plan));
+  scaleArgs(env, o, *plan, &a.kScale, &a.vScale);
   a.metaDtype = (int)integer(env, o, "metaDtype", 0);
   const int mb = a.metaDtype == META_F16 ? 2 : 4;
   a.metaMin = bufferArg(env, o, "metaMin", plan->kvPoolElems / plan->pageSize, mb, true);
@@ -383,7 +416,7 @@ static napi_value appendKv(napi_env env, napi_callback_info info) {
   return undefinedValue(env);
 }
 
-/** prefill(plan, { q, qStride, k, v, out, outStride, scale }): causal attention of every new token. */
+/** prefill(plan, { q, qStride, k, v, kScale?, vScale? (int8), out, outStride, scale }): causal attention of every new token. */
 static napi_value prefill(napi_env env, napi_callback_info info) {
   StepPlan* plan = planOf(env, arg(env, info, 0));
   napi_value o = arg(env, info, 1);
@@ -410,6 +443,10 @@ static napi_value prefill(napi_env env, napi_callback_info info) {
   a.out = reinterpret_cast<float*>(bufferArg(env, o, "out", plan->numTokens ? rows * a.outStride + hd : 0, 4));
   a.kCache = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
   a.vCache = bufferArg(env, o, "v", plan->kvPoolElems, kvBytes(*plan));
+  float *ks, *vs;
+  scaleArgs(env, o, *plan, &ks, &vs);
+  a.kScale = ks;
+  a.vScale = vs;
   a.scaleLog2 = (float)(num(env, o, "scale", 1.0 / std::sqrt((double)plan->headDim)) * 1.4426950408889634);
   launchPrefill(a, plan->kvDtype, stream());
   return undefinedValue(env);
@@ -590,10 +627,12 @@ static napi_value cast(napi_env env, napi_callback_info info) {
   return undefinedValue(env);
 }
 
-/** rebuildMetadata({ k, kvDtype, metaMin, metaMax, metaDtype, pages, fills, pageSize, numKvHeads, headDim, numPagesTotal }) */
+/** rebuildMetadata({ k, kScale? (int8), kvDtype, metaMin, metaMax, metaDtype, pages, fills, pageSize, numKvHeads, headDim, numPagesTotal }) */
 static napi_value rebuildMetadata(napi_env env, napi_callback_info info) {
   napi_value o = arg(env, info, 0);
   const int kvDtype = (int)integer(env, o, "kvDtype"), metaDtype = (int)integer(env, o, "metaDtype");
+  if (kvDtype != KV_F32 && kvDtype != KV_F16 && kvDtype != KV_I8) throw ArgError("kvDtype: must be 0 (fp32), 1 (fp16) or 2 (int8)");
+  if (metaDtype != META_F32 && metaDtype != META_F16) throw ArgError("metaDtype: must be 0 (fp32) or 1 (fp16)");
   const long pageSize = integer(env, o, "pageSize"), heads = integer(env, o, "numKvHeads"), hd = integer(env, o, "headDim");
   const long total = integer(env, o, "numPagesTotal");
   const std::vector<int> pages = int32Prop(env, o, "pages"), fills = int32Prop(env, o, "fills");
@@ -602,7 +641,8 @@ static napi_value rebuildMetadata(napi_env env, napi_callback_info info) {
     if (pages[i] < 0 || pages[i] >= total) throw ArgError("pages[" + std::to_string(i) + "]: must be in [0, " + std::to_string(total) + ")");
     if (fills[i] < 0 || fills[i] > pageSize) throw ArgError("fills[" + std::to_string(i) + "]: must be in [0, " + std::to_string(pageSize) + "]");
   }
-  const void* k = bufferArg(env, o, "k", total * pageSize * heads * hd, kvDtype == KV_F16 ? 2 : 4);
+  const void* k = bufferArg(env, o, "k", total * pageSize * heads * hd, elemBytesOf(kvDtype));
+  const float* kScale = kvDtype == KV_I8 ? reinterpret_cast<const float*>(bufferArg(env, o, "kScale", total * pageSize * heads, 4)) : nullptr;
   void* mn = bufferArg(env, o, "metaMin", total * heads * hd, metaDtype == META_F16 ? 2 : 4);
   void* mx = bufferArg(env, o, "metaMax", total * heads * hd, metaDtype == META_F16 ? 2 : 4);
   if (pages.empty()) return undefinedValue(env);
@@ -611,7 +651,8 @@ static napi_value rebuildMetadata(napi_env env, napi_callback_info info) {
   int* d = static_cast<int*>(deviceAlloc(host.size() * 4));
   try {
     TS_CUDA(cudaMemcpyAsync(d, host.data(), host.size() * 4, cudaMemcpyHostToDevice, stream()));
-    launchRebuildMetadata(k, kvDtype, mn, mx, metaDtype, d, d + pages.size(), (int)pages.size(), (int)pageSize, (int)heads, (int)hd, stream());
+    launchRebuildMetadata(k, kvDtype, kScale, mn, mx, metaDtype, d, d + pages.size(), (int)pages.size(), (int)pageSize, (int)heads, (int)hd,
+                          stream());
     TS_CUDA(cudaStreamSynchronize(stream()));
   } catch (...) {
     deviceFree(d);

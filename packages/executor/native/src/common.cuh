@@ -29,7 +29,7 @@ inline void check(cudaError_t e, const char* what) {
 inline void checkLaunch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
 /** Element formats, numbered as the TypeScript surface numbers them. */
-enum KvDtype : int { KV_F32 = 0, KV_F16 = 1 };
+enum KvDtype : int { KV_F32 = 0, KV_F16 = 1, KV_I8 = 2 };
 enum MetaDtype : int { META_F32 = 0, META_F16 = 1 };
 
 constexpr float LOG2E = 1.4426950408889634f;
@@ -41,6 +41,8 @@ struct Kv;
 template <>
 struct Kv<float> {
   static constexpr int VEC = 4;
+  /** Rows carry a scale (int8): element = stored value * the row's scale. */
+  static constexpr bool SCALED = false;
   struct Raw {
     float4 v;
   };
@@ -61,6 +63,7 @@ struct Kv<float> {
 template <>
 struct Kv<__half> {
   static constexpr int VEC = 8;
+  static constexpr bool SCALED = false;
   struct Raw {
     uint4 v;
   };
@@ -79,6 +82,44 @@ struct Kv<__half> {
   __device__ __forceinline__ static __half fromFloat(float x) { return __float2half_rn(x); }
   __device__ __forceinline__ static float roundTrip(float x) { return __half2float(__float2half_rn(x)); }
 };
+
+/**
+ * int8 KV (kv-retriever's KvCacheStorage, per-token scales): symmetric absmax quantisation per
+ * (token, KV head) row, value = q * scale with the row's fp32 scale beside the cache. 8-byte
+ * loads, so a row has as many lanes as an fp16 row. toFloat gives q unscaled: the decode core
+ * applies the k scale to the whole dot product and folds the v scale into the probability.
+ */
+template <>
+struct Kv<int8_t> {
+  static constexpr int VEC = 8;
+  static constexpr bool SCALED = true;
+  struct Raw {
+    uint2 v;
+  };
+  __device__ __forceinline__ static Raw load(const int8_t* p) { return Raw{__ldg(reinterpret_cast<const uint2*>(p))}; }
+  __device__ __forceinline__ static Raw zero() { return Raw{make_uint2(0u, 0u)}; }
+  __device__ __forceinline__ static void toFloat(const Raw& r, float (&out)[VEC]) {
+    const uint32_t w[2] = {r.v.x, r.v.y};
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) out[4 * i + j] = (float)(int8_t)(w[i] >> (8 * j));  // byte j: element 4i + j (little-endian)
+  }
+  __device__ __forceinline__ static float toFloat1(int8_t x) { return (float)x; }
+};
+
+/**
+ * The int8 scale of a row with absolute maximum `absmax`: fround(absmax / 127) with the
+ * division in double, as the TypeScript quantizeInt8 computes it (0 for an all-zero row).
+ */
+__device__ __forceinline__ float int8Scale(float absmax) { return __double2float_rn((double)absmax / 127.0); }
+
+/** q = clamp(roundHalfToEven(x / scale), -127, 127), the division in double as in JavaScript; 0 when scale is 0. */
+__device__ __forceinline__ int8_t int8Quantize(float x, float scale) {
+  if (scale == 0.f) return 0;
+  const double r = rint((double)x / (double)scale);  // rint: round half to even
+  return (int8_t)fmin(fmax(r, -127.0), 127.0);
+}
 
 __device__ __forceinline__ float warpMax(float v) {
 #pragma unroll

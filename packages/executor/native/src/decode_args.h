@@ -29,6 +29,10 @@ struct DecodeArgs {
   long qStride;
   const void* kCache;
   const void* vCache;
+  // int8 KV only (else null): one fp32 scale per (page, slot, KV head), at
+  // (page * pageSize + slot) * numKvHeads + kvHead, for K and for V.
+  const float* kScale;
+  const float* vScale;
   float* out;  // same addressing as q, with outStride
   long outStride;
   float scaleLog2;  // logit scale * log2(e)
@@ -72,6 +76,8 @@ struct PrefillArgs {
   long qStride;
   const void* kCache;
   const void* vCache;
+  const float* kScale;  // int8 KV only, as in DecodeArgs
+  const float* vScale;
   float* out;
   long outStride;
   float scaleLog2;
@@ -86,6 +92,8 @@ struct AppendArgs {
   long qOutStride;
   void* kCache;
   void* vCache;
+  float* kScale;  // int8 KV only: written with the quantised rows (addressed as in DecodeArgs)
+  float* vScale;
   int kvDtype;
   void* metaMin;  // null: no metadata
   void* metaMax;

@@ -57,11 +57,13 @@ struct DecodeCore {
   /**
    * Attends heads [0, gCount) of `q` (rows of D floats, head-major) over pages [iBeg, iEnd) of
    * `src`. Leaves the CTA's merged (acc[GT][D], m[GT], l[GT]) at `result(smem)`, m in log2 units.
+   * int8 KV: `ksc` / `vsc` hold the rows' scales (ignored otherwise); a row's k scale multiplies
+   * its whole q.k, its v scale is folded into its probability (one scale load per row).
    */
   template <class Pages>
-  __device__ static void run(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc, int kvHead,
-                             int numKvHeads, int pageSize, const Pages& src, int iBeg, int iEnd, int gCount,
-                             float scaleLog2, float* smem) {
+  __device__ static void run(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc,
+                             const float* __restrict__ ksc, const float* __restrict__ vsc, int kvHead, int numKvHeads,
+                             int pageSize, const Pages& src, int iBeg, int iEnd, int gCount, float scaleLog2, float* smem) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row = lane / TPR, col = (lane % TPR) * VEC;
     float qr[GT][VEC];
@@ -86,15 +88,22 @@ struct DecodeCore {
       const KV* vb = vc + first;
       for (int t0 = 0; t0 < len; t0 += RPW * U) {
         typename K::Raw kr[U], vr[U];
+        float kS[U], vS[U];  // int8 only: the rows' scales (all lanes of a row load the same word)
 #pragma unroll
         for (int u = 0; u < U; u++) {
           const int t = t0 + u * RPW + row;
           if (t < len) {
             kr[u] = K::load(kb + t * rowStride);
             vr[u] = K::load(vb + t * rowStride);
+            if constexpr (K::SCALED) {
+              const long si = ((long)phys * pageSize + t) * numKvHeads + kvHead;
+              kS[u] = __ldg(ksc + si);
+              vS[u] = __ldg(vsc + si);
+            }
           } else {
             kr[u] = K::zero();
             vr[u] = K::zero();
+            if constexpr (K::SCALED) kS[u] = vS[u] = 0.f;
           }
         }
         float s[U][GT];
@@ -116,6 +125,12 @@ struct DecodeCore {
           for (int u = 0; u < U; u++)
 #pragma unroll
             for (int g = 0; g < GT; g++) s[u][g] += __shfl_xor_sync(0xffffffffu, s[u][g], o);
+        if constexpr (K::SCALED) {
+#pragma unroll
+          for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int g = 0; g < GT; g++) s[u][g] *= kS[u];
+        }
 #pragma unroll
         for (int u = 0; u < U; u++)
           if (t0 + u * RPW + row >= len)
@@ -144,8 +159,10 @@ struct DecodeCore {
           for (int g = 0; g < GT; g++) {
             const float p = exp2f(s[u][g] - m[g]);
             l[g] += p;
+            float pv = p;
+            if constexpr (K::SCALED) pv *= vS[u];
 #pragma unroll
-            for (int v = 0; v < VEC; v++) acc[g][v] = fmaf(p, vf[v], acc[g][v]);
+            for (int v = 0; v < VEC; v++) acc[g][v] = fmaf(pv, vf[v], acc[g][v]);
           }
         }
       }

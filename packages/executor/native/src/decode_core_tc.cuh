@@ -41,10 +41,11 @@ struct TcDecodeCore {
   __device__ static float* mergeMl(float* smem) { return smem; }
   __device__ static float* mergeWeights(float* smem) { return smem + WEIGHTS_OFFSET; }
 
+  /** As DecodeCore::run; fp16 only, so the int8 scale pointers are unused. */
   template <class Pages>
-  __device__ static void run(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc, int kvHead,
-                             int numKvHeads, int pageSize, const Pages& src, int iBeg, int iEnd, int gCount, float scaleLog2,
-                             float* smem) {
+  __device__ static void run(const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc,
+                             const float* /*ksc*/, const float* /*vsc*/, int kvHead, int numKvHeads, int pageSize,
+                             const Pages& src, int iBeg, int iEnd, int gCount, float scaleLog2, float* smem) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t4 = lane & 3;
     __half* stage = reinterpret_cast<__half*>(smem + warp * WARP_FLOATS);

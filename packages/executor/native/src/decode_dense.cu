@@ -23,8 +23,8 @@ __global__ void __launch_bounds__(DECODE_WARPS * 32) denseDecodeKernel(DecodeArg
   const int per = (np + a.numSplits - 1) / a.numSplits;
   const int iBeg = min(np, split * per), iEnd = min(np, iBeg + per);
   const DensePages src{a.pageIndices + base, np, a.lastPageLen[seq], a.pageSize};
-  Core::run(a.q + seq * a.qStride + h0 * D, static_cast<const KV*>(a.kCache), static_cast<const KV*>(a.vCache), kvHead,
-            a.numKvHeads, a.pageSize, src, iBeg, iEnd, gCount, a.scaleLog2, smem);
+  Core::run(a.q + seq * a.qStride + h0 * D, static_cast<const KV*>(a.kCache), static_cast<const KV*>(a.vCache), a.kScale,
+            a.vScale, kvHead, a.numKvHeads, a.pageSize, src, iBeg, iEnd, gCount, a.scaleLog2, smem);
   const int unit = seq * gridDim.y + y;
   finishDecode<Core>(smem, a.numSplits, split, a.partial, a.counters, unit, a.out + seq * a.outStride + h0 * D, gCount);
 }
@@ -35,13 +35,14 @@ KernelInfo makeDense() {
 }
 
 int decodeHeadsPerCta(int groupSize, int kvDtype, int headDim) {
-  // Groups of 4 or more share their K/V rows across an m16n8k16 tile on tensor cores.
+  // Groups of 4 or more share their K/V rows across an m16n8k16 tile on tensor cores (fp16
+  // only: int8 stays on CUDA cores, up to 8 heads per CTA).
   if (kvDtype == KV_F16 && headDim % 16 == 0 && groupSize >= 4) return 16;
   return groupSize <= 1 ? 1 : groupSize <= 2 ? 2 : groupSize <= 4 ? 4 : 8;
 }
 
 bool decodeSupported(int headDim, int kvDtype) {
-  return (kvDtype == KV_F16 || kvDtype == KV_F32) &&
+  return (kvDtype == KV_F16 || kvDtype == KV_F32 || kvDtype == KV_I8) &&
          (headDim == 8 || headDim == 16 || headDim == 32 || headDim == 64 || headDim == 128);
 }
 

@@ -439,8 +439,8 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
     const int iBeg = min(count, split * per), iEnd = min(count, iBeg + per);
     const SelectedPages src{a.selectedPhys + (long)pair * a.maxPages, d.lastPageLen[seq], d.pageSize};
     __syncthreads();  // the previous item's merge may still read the scratch run() writes
-    Core::run(d.q + seq * d.qStride + h0 * D, static_cast<const KV*>(d.kCache), static_cast<const KV*>(d.vCache), kvh,
-              d.numKvHeads, d.pageSize, src, iBeg, iEnd, gCount, d.scaleLog2, smem);
+    Core::run(d.q + seq * d.qStride + h0 * D, static_cast<const KV*>(d.kCache), static_cast<const KV*>(d.vCache), d.kScale,
+              d.vScale, kvh, d.numKvHeads, d.pageSize, src, iBeg, iEnd, gCount, d.scaleLog2, smem);
     const bool merged = finishDecode<Core>(smem, d.numSplits, split, d.partial, d.counters, unit, d.out + seq * d.outStride + h0 * D, gCount);
     // The unit's last CTA has seen every split pass the wait: once all head chunks of the pair
     // are done, re-arm the pair's flags for the next launch.

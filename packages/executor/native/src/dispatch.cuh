@@ -1,5 +1,5 @@
 // Switches from run-time (KV format, head dim, heads per CTA) to a decode core instantiation:
-// CUDA cores for 1, 2, 4 or 8 heads per CTA (fp32 or fp16 KV, head dims 8-128), tensor
+// CUDA cores for 1, 2, 4 or 8 heads per CTA (fp32, fp16 or int8 KV, head dims 8-128), tensor
 // cores for 16 (fp16 KV, head dims 16-128).
 #pragma once
 #include "decode_core.cuh"
@@ -37,6 +37,15 @@
         case 32: TS_GT_CASES(__half, 32, MAKE, NW)                       \
         case 64: TS_GT_CASES(__half, 64, MAKE, NW)                       \
         case 128: TS_GT_CASES(__half, 128, MAKE, NW)                     \
+        default: break;                                                  \
+      }                                                                  \
+    } else if ((kvDtype) == ::ts::KV_I8) {                               \
+      switch (headDim) {                                                 \
+        case 8: TS_GT_CASES(int8_t, 8, MAKE, NW)                         \
+        case 16: TS_GT_CASES(int8_t, 16, MAKE, NW)                       \
+        case 32: TS_GT_CASES(int8_t, 32, MAKE, NW)                       \
+        case 64: TS_GT_CASES(int8_t, 64, MAKE, NW)                       \
+        case 128: TS_GT_CASES(int8_t, 128, MAKE, NW)                     \
         default: break;                                                  \
       }                                                                  \
     } else if ((kvDtype) == ::ts::KV_F32) {                              \

@@ -17,7 +17,8 @@ struct KernelInfo {
 
 /**
  * Query heads one decode CTA takes: 16 (tensor cores) for fp16 KV, a head dim multiple of 16
- * and groups of 4 or more; otherwise the group size rounded up to 1, 2, 4 or 8 (CUDA cores).
+ * and groups of 4 or more; otherwise (fp32, int8, small groups) the group size rounded up to
+ * 1, 2, 4 or 8 (CUDA cores).
  */
 int decodeHeadsPerCta(int groupSize, int kvDtype, int headDim);
 /** Allows a kernel more than 48 KB of dynamic shared memory (once per kernel). */
@@ -42,13 +43,16 @@ void launchPrefill(const PrefillArgs& a, int kvDtype, cudaStream_t stream);
 int prefillBlockTokens(int headsPerChunk);
 
 void launchAppendKv(const AppendArgs& a, cudaStream_t stream);
-/** Fills `count` floats (or halves, dtype 1) with `value`: empty metadata boxes are +inf / -inf. */
+/** Fills `count` floats (halves, dtype 1; int8, dtype 2) with `value`: empty metadata boxes are +inf / -inf. */
 void launchFill(void* dst, int dtype, long count, float value, cudaStream_t stream);
 /** Pseudo-random values with mean 0 and standard deviation `scale` (benchmarks, large tests). */
 void launchRandomFill(void* dst, int dtype, long count, uint32_t seed, float scale, cudaStream_t stream);
-/** Recomputes page boxes from the K pages over each page's first fills[i] slots. */
-void launchRebuildMetadata(const void* kCache, int kvDtype, void* metaMin, void* metaMax, int metaDtype, const int* pages,
-                           const int* fills, int numPages, int pageSize, int numKvHeads, int headDim, cudaStream_t stream);
+/** int8 KV: the same values quantised per row of `rowLen` (one scale each), as the append quantises. */
+void launchRandomFillInt8(int8_t* dst, float* scales, long rows, int rowLen, uint32_t seed, float scale, cudaStream_t stream);
+/** Recomputes page boxes from the K pages (int8: dequantised with kScale) over each page's first fills[i] slots. */
+void launchRebuildMetadata(const void* kCache, int kvDtype, const float* kScale, void* metaMin, void* metaMax, int metaDtype,
+                           const int* pages, const int* fills, int numPages, int pageSize, int numKvHeads, int headDim,
+                           cudaStream_t stream);
 /** Copies token rows between (page, slot)s, in order: all of K and V of `layers` caches. */
 void launchCopyTokens(void* const* caches, int numCaches, int elemBytes, const int* src, const int* dst, int count,
                       long rowElems, cudaStream_t stream);

@@ -1,5 +1,5 @@
 // Out-of-order KV maintenance: metadata initialisation and rebuild, token copies
-// (compaction after pruning, copy-on-write).
+// (compaction after pruning, copy-on-write), synthetic caches for benchmarks.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -8,6 +8,7 @@ namespace ts {
 __global__ void fillKernel(void* dst, int dtype, long count, float value) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count; i += (long)gridDim.x * blockDim.x) {
     if (dtype == 1) static_cast<__half*>(dst)[i] = __float2half_rn(value);
+    else if (dtype == 2) static_cast<int8_t*>(dst)[i] = (int8_t)value;
     else static_cast<float*>(dst)[i] = value;
   }
 }
@@ -20,14 +21,17 @@ void launchFill(void* dst, int dtype, long count, float value, cudaStream_t stre
 }
 
 template <typename KV>
-__global__ void rebuildKernel(const KV* kc, void* metaMin, void* metaMax, int metaDtype, const int* pages, const int* fills,
-                              int pageSize, int numKvHeads, int headDim) {
+__global__ void rebuildKernel(const KV* kc, const float* kScale, void* metaMin, void* metaMax, int metaDtype, const int* pages,
+                              const int* fills, int pageSize, int numKvHeads, int headDim) {
   const int page = pages[blockIdx.x], fill = fills[blockIdx.x];
   const int row = numKvHeads * headDim;
   for (int c = threadIdx.x; c < row; c += blockDim.x) {
     float lo = INFINITY, hi = -INFINITY;
     for (int s = 0; s < fill; s++) {
-      const float k = Kv<KV>::toFloat1(kc[((long)page * pageSize + s) * row + c]);
+      const long tokenRow = (long)page * pageSize + s;
+      float k = Kv<KV>::toFloat1(kc[tokenRow * row + c]);
+      // int8: the key as the TypeScript dequantisation stores it (q * scale in fp32).
+      if constexpr (Kv<KV>::SCALED) k *= kScale[tokenRow * numKvHeads + c / headDim];
       lo = fminf(lo, k);
       hi = fmaxf(hi, k);
     }
@@ -42,15 +46,20 @@ __global__ void rebuildKernel(const KV* kc, void* metaMin, void* metaMax, int me
   }
 }
 
-void launchRebuildMetadata(const void* kCache, int kvDtype, void* metaMin, void* metaMax, int metaDtype, const int* pages,
-                           const int* fills, int numPages, int pageSize, int numKvHeads, int headDim, cudaStream_t stream) {
+void launchRebuildMetadata(const void* kCache, int kvDtype, const float* kScale, void* metaMin, void* metaMax, int metaDtype,
+                           const int* pages, const int* fills, int numPages, int pageSize, int numKvHeads, int headDim,
+                           cudaStream_t stream) {
   if (numPages == 0) return;
-  if (kvDtype == KV_F16)
-    rebuildKernel<__half><<<numPages, 256, 0, stream>>>(static_cast<const __half*>(kCache), metaMin, metaMax, metaDtype, pages,
-                                                         fills, pageSize, numKvHeads, headDim);
+  if (kvDtype == KV_I8 && kScale == nullptr) throw ArgError("rebuildMetadata: int8 KV needs kScale");
+  if (kvDtype == KV_I8)
+    rebuildKernel<int8_t><<<numPages, 256, 0, stream>>>(static_cast<const int8_t*>(kCache), kScale, metaMin, metaMax, metaDtype,
+                                                         pages, fills, pageSize, numKvHeads, headDim);
+  else if (kvDtype == KV_F16)
+    rebuildKernel<__half><<<numPages, 256, 0, stream>>>(static_cast<const __half*>(kCache), nullptr, metaMin, metaMax, metaDtype,
+                                                         pages, fills, pageSize, numKvHeads, headDim);
   else
-    rebuildKernel<float><<<numPages, 256, 0, stream>>>(static_cast<const float*>(kCache), metaMin, metaMax, metaDtype, pages,
-                                                        fills, pageSize, numKvHeads, headDim);
+    rebuildKernel<float><<<numPages, 256, 0, stream>>>(static_cast<const float*>(kCache), nullptr, metaMin, metaMax, metaDtype,
+                                                        pages, fills, pageSize, numKvHeads, headDim);
   checkLaunch("rebuildKernel");
 }
 
@@ -84,23 +93,45 @@ void launchCopyTokens(void* const* caches, int numCaches, int elemBytes, const i
   }
 }
 
-/** Deterministic pseudo-random normal-ish values (sum of uniforms), for benchmarks and tests on large pools. */
+/** Deterministic pseudo-random normal-ish value i (sum of uniforms), mean 0, standard deviation `scale`. */
+__device__ __forceinline__ float randomValue(long i, uint32_t seed, float scale) {
+  uint32_t h = (uint32_t)i * 0x9e3779b1u ^ seed ^ (uint32_t)(i >> 32) * 0x85ebca6bu;
+  float acc = 0.f;
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    h ^= h >> 16;
+    acc += (h >> 8) * (1.f / 16777216.f);
+  }
+  return (acc - 2.f) * 1.7320508f * scale;  // variance of 4 uniforms is 1/3
+}
+
+/** Pseudo-random values for benchmarks and tests on large pools. */
 __global__ void randomFillKernel(void* dst, int dtype, long count, uint32_t seed, float scale) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count; i += (long)gridDim.x * blockDim.x) {
-    uint32_t h = (uint32_t)i * 0x9e3779b1u ^ seed ^ (uint32_t)(i >> 32) * 0x85ebca6bu;
-    float acc = 0.f;
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-      h ^= h >> 16;
-      h *= 0x7feb352du;
-      h ^= h >> 15;
-      h *= 0x846ca68bu;
-      h ^= h >> 16;
-      acc += (h >> 8) * (1.f / 16777216.f);
-    }
-    const float v = (acc - 2.f) * 1.7320508f * scale;  // variance of 4 uniforms is 1/3
+    const float v = randomValue(i, seed, scale);
     if (dtype == 1) static_cast<__half*>(dst)[i] = __float2half_rn(v);
     else static_cast<float*>(dst)[i] = v;
+  }
+}
+
+/**
+ * int8: the same values quantised row by row (rows of `rowLen`, one scale each) exactly as the
+ * append does, so the cache holds what appending those values would have stored. One warp per row.
+ */
+__global__ void randomFillInt8Kernel(int8_t* dst, float* scales, long rows, int rowLen, uint32_t seed, float scale) {
+  const int lane = threadIdx.x & 31;
+  const long warps = (long)gridDim.x * (blockDim.x >> 5);
+  for (long r = blockIdx.x * (long)(blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+    const long base = r * rowLen;
+    float absmax = 0.f;
+    for (int d = lane; d < rowLen; d += 32) absmax = fmaxf(absmax, fabsf(randomValue(base + d, seed, scale)));
+    const float s = int8Scale(warpMax(absmax));
+    for (int d = lane; d < rowLen; d += 32) dst[base + d] = int8Quantize(randomValue(base + d, seed, scale), s);
+    if (lane == 0) scales[r] = s;
   }
 }
 
@@ -109,6 +140,14 @@ void launchRandomFill(void* dst, int dtype, long count, uint32_t seed, float sca
   const int blocks = (int)std::min<long>((count + 255) / 256, 16384);
   randomFillKernel<<<blocks, 256, 0, stream>>>(dst, dtype, count, seed, scale);
   checkLaunch("randomFillKernel");
+}
+
+void launchRandomFillInt8(int8_t* dst, float* scales, long rows, int rowLen, uint32_t seed, float scale, cudaStream_t stream) {
+  if (rows == 0) return;
+  if (rowLen <= 0) throw ArgError("randomFill: rowLen must be positive, got " + std::to_string(rowLen));
+  const int blocks = (int)std::min<long>((rows + 7) / 8, 16384);
+  randomFillInt8Kernel<<<blocks, 256, 0, stream>>>(dst, scales, rows, rowLen, seed, scale);
+  checkLaunch("randomFillInt8Kernel");
 }
 
 }  // namespace ts

@@ -45,7 +45,8 @@ void StepPlan::update(const PlanParams& p) {
   if (p.numKvHeads <= 0 || p.numQHeads <= 0 || p.numQHeads % p.numKvHeads != 0)
     fail("numQHeads", "must be a positive multiple of numKvHeads (" + std::to_string(p.numKvHeads) + "), got " + std::to_string(p.numQHeads));
   if (p.pageSize <= 0) fail("pageSize", "must be positive, got " + std::to_string(p.pageSize));
-  if (p.kvDtype != KV_F32 && p.kvDtype != KV_F16) fail("kvDtype", "must be 0 (fp32) or 1 (fp16), got " + std::to_string(p.kvDtype));
+  if (p.kvDtype != KV_F32 && p.kvDtype != KV_F16 && p.kvDtype != KV_I8)
+    fail("kvDtype", "must be 0 (fp32), 1 (fp16) or 2 (int8), got " + std::to_string(p.kvDtype));
   if ((int)p.pageIndptr.size() != S + 1 || p.pageIndptr[0] != 0 || p.pageIndptr[S] != (int)p.pageIndices.size())
     fail("pageIndptr", "must be [numSeqs + 1] offsets from 0 to pageIndices.length");
   int maxPages = 0;

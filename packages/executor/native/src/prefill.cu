@@ -1,7 +1,8 @@
 // Causal paged attention of new tokens (prompt chunks, or any mix of prefill and decode):
 // one CTA takes a block of consecutive tokens of one sequence and up to 8 query heads of one
 // KV head, stages their queries in shared memory and streams the sequence's keys and values
-// through it in tiles, with an online softmax per (token, head) row. CUDA cores, fp32 math.
+// through it in tiles, with an online softmax per (token, head) row. CUDA cores, fp32 math;
+// fp16 and int8 (row scale applied) K/V are decoded to fp32 as they are staged.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -52,10 +53,16 @@ __global__ void __launch_bounds__(PF_THREADS) prefillKernel(PrefillArgs a) {
       const int k = idx / D, dd = idx % D, kp = kp0 + k;
       float kv = 0.f, vv = 0.f;
       if (kp <= maxPos) {
-        const long off = ((long)a.pageIndices[base + kp / a.pageSize] * a.pageSize + kp % a.pageSize) * rowStride +
-                         (long)kvHead * D + dd;
+        const long tokenRow = (long)a.pageIndices[base + kp / a.pageSize] * a.pageSize + kp % a.pageSize;
+        const long off = tokenRow * rowStride + (long)kvHead * D + dd;
         kv = Kv<KV>::toFloat1(kc[off]);
         vv = Kv<KV>::toFloat1(vc[off]);
+        if constexpr (Kv<KV>::SCALED) {
+          // q * scale in fp32: exactly the value the TypeScript dequantisation stores.
+          const long si = tokenRow * a.numKvHeads + kvHead;
+          kv *= __ldg(a.kScale + si);
+          vv *= __ldg(a.vScale + si);
+        }
       }
       Ks[k * (D + 1) + dd] = kv;
       Vs[k * D + dd] = vv;
@@ -141,6 +148,7 @@ void launchPrefill(const PrefillArgs& a, int kvDtype, cudaStream_t stream) {
   if (a.numBlocks == 0) return;
   if (kvDtype == KV_F16) return launchPrefillKv<__half>(a, stream);
   if (kvDtype == KV_F32) return launchPrefillKv<float>(a, stream);
+  if (kvDtype == KV_I8) return launchPrefillKv<int8_t>(a, stream);
   throw ArgError("prefill attention: kv dtype " + std::to_string(kvDtype) + " is not supported");
 }
 

@@ -22,8 +22,12 @@ export interface StepPlanHandle {
 /** Bumped whenever the addon's calls change incompatibly; the loader refuses a mismatch. */
 export const CUDA_ADDON_ABI_VERSION = 1;
 
-/** KV element formats of the kernels. */
-export const KV_DTYPE = { fp32: 0, fp16: 1 } as const;
+/**
+ * KV element formats of the kernels. int8 is the kv-retriever's `KvCacheStorage` format with
+ * per-token scales: symmetric absmax per (token, KV head) row, one fp32 scale per row in a
+ * separate buffer (`kScale` / `vScale`, at `(page * pageSize + slot) * numKvHeads + kvHead`).
+ */
+export const KV_DTYPE = { fp32: 0, fp16: 1, int8: 2 } as const;
 export type KvDtypeCode = (typeof KV_DTYPE)[keyof typeof KV_DTYPE];
 /** Page metadata (key bounding boxes) formats; fp16 boxes are rounded outward, so they still bound the keys. */
 export const META_DTYPE = { fp32: 0, fp16: 1 } as const;
@@ -72,7 +76,8 @@ export interface PlanUpdateParams {
   targetCtas?: number;
   /**
    * Query heads per decode CTA: 1, 2, 4, 8 (CUDA cores) or 16 (tensor cores, fp16 KV, head dim
-   * a multiple of 16); 0 or omitted: 16 for fp16 groups of 4 or more, else the group size rounded up.
+   * a multiple of 16); 0 or omitted: 16 for fp16 groups of 4 or more, else (fp32, int8, smaller
+   * groups) the group size rounded up.
    */
   headsPerCta?: number;
 }
@@ -101,6 +106,9 @@ export interface DecodeLayerArgs {
   /** This layer's K and V pools (`numPagesTotal * pageSize * numKvHeads * headDim` elements). */
   k: DeviceBuffer;
   v: DeviceBuffer;
+  /** int8 KV only (required then): the pools' scales, `numPagesTotal * pageSize * numKvHeads` floats each. */
+  kScale?: DeviceBuffer;
+  vScale?: DeviceBuffer;
   /** Outputs, fp32, addressed like q. */
   out: DeviceBuffer;
   outOffset?: number;
@@ -134,7 +142,10 @@ export interface AppendKvArgs {
   qOutStride?: number;
   k: DeviceBuffer;
   v: DeviceBuffer;
-  /** Page metadata to update with the stored keys; omit both to skip. */
+  /** int8 KV only (required then): written with one scale per appended (token, KV head) row. */
+  kScale?: DeviceBuffer;
+  vScale?: DeviceBuffer;
+  /** Page metadata to update with the stored keys (int8: dequantised); omit both to skip. */
   metaMin?: DeviceBuffer;
   metaMax?: DeviceBuffer;
   metaDtype?: MetaDtypeCode;
@@ -149,6 +160,9 @@ export interface PrefillLayerArgs {
   qStride?: number;
   k: DeviceBuffer;
   v: DeviceBuffer;
+  /** int8 KV only (required then). */
+  kScale?: DeviceBuffer;
+  vScale?: DeviceBuffer;
   out: DeviceBuffer;
   outOffset?: number;
   outStride?: number;
@@ -226,6 +240,8 @@ export interface ActivationArgs {
 
 export interface RebuildMetadataArgs {
   k: DeviceBuffer;
+  /** int8 KV only (required then): the keys' scales; boxes bound the dequantised keys. */
+  kScale?: DeviceBuffer;
   kvDtype: KvDtypeCode;
   metaMin: DeviceBuffer;
   metaMax: DeviceBuffer;
@@ -239,11 +255,27 @@ export interface RebuildMetadataArgs {
   numPagesTotal: number;
 }
 
+export interface RandomFillArgs {
+  dst: DeviceBuffer;
+  dstOffset?: number;
+  count: number;
+  dtype: KvDtypeCode;
+  seed?: number;
+  scale?: number;
+  /**
+   * int8 only (required then): the values are quantised per row of `rowLen` (count a multiple
+   * of it) exactly as `appendKv` quantises, one fp32 scale per row written to `scales`.
+   */
+  scales?: DeviceBuffer;
+  scalesOffset?: number;
+  rowLen?: number;
+}
+
 export interface CopyTokensArgs {
-  /** Every K and V buffer to copy within (all layers). */
+  /** Every buffer to copy within: all layers' K and V (or, in a second call, their int8 scales). */
   caches: DeviceBuffer[];
   elemBytes: number;
-  /** Elements of one token row (`numKvHeads * headDim`). */
+  /** Elements of one token row (`numKvHeads * headDim`; `numKvHeads` for int8 scales). A row must be a multiple of 4 bytes. */
   rowElems: number;
   /** Rows in each cache (`numPages * pageSize`). */
   numRows: number;
@@ -261,8 +293,10 @@ export interface CudaAddon {
   /** Waits for queued work, then copies. */
   download(src: DeviceBuffer, srcOffsetBytes: number, dst: ArrayBufferView): void;
   copy(dst: DeviceBuffer, dstOffsetBytes: number, src: DeviceBuffer, srcOffsetBytes: number, bytes: number): void;
-  fill(args: { dst: DeviceBuffer; dstOffset?: number; count: number; dtype: 0 | 1; value: number }): void;
-  randomFill(args: { dst: DeviceBuffer; dstOffset?: number; count: number; dtype: 0 | 1; seed?: number; scale?: number }): void;
+  /** `count` elements of `dtype` (0 fp32, 1 fp16, 2 int8: an integer value) set to `value`. */
+  fill(args: { dst: DeviceBuffer; dstOffset?: number; count: number; dtype: KvDtypeCode; value: number }): void;
+  /** Pseudo-random values, mean 0, standard deviation `scale` (benchmarks, large tests). */
+  randomFill(args: RandomFillArgs): void;
   synchronize(): void;
   memoryInfo(): { free: number; total: number };
   /** Device-to-device copy rate, bytes read plus bytes written per second. */

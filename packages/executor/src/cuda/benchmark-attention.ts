@@ -3,8 +3,8 @@
  * query-aware sparse step at given selection ratios or token budgets. Time is measured with
  * CUDA events around back-to-back launches, rotating over enough copies of the cache that
  * repeated runs do not measure the L2 cache. Bytes are those the kernel must read (the KV of
- * every attended token, the page metadata and the score scratch for sparse, queries and
- * outputs), reported against the device's measured copy bandwidth.
+ * every attended token, int8 scales included, the page metadata and the score scratch for
+ * sparse, queries and outputs), reported against the device's measured copy bandwidth.
  */
 import { RequestValidationError } from '@tinyserve/core';
 import type { CudaAddon, DeviceBuffer, PlanInfo, TimedCall } from './addon-types.js';
@@ -34,7 +34,8 @@ export interface BenchmarkAttentionParams {
   numKvHeads: number;
   headDim: number;
   pageSize?: number;
-  kvDtype?: 'fp16' | 'fp32';
+  /** KV element format (default fp16); int8 with one fp32 scale per (token, KV head). */
+  kvDtype?: 'fp16' | 'fp32' | 'int8';
   metaDtype?: 'fp16' | 'fp32';
   modes?: BenchmarkMode[];
   /** Pages in the KV pool; default: what the batch needs times the rotation copies. */
@@ -104,11 +105,17 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
   const modes = params.modes ?? [{ kind: 'dense' }];
   const iterations = params.iterations ?? 50;
   const warmup = params.warmup ?? 5;
-  const elem = kvDtype === 'fp16' ? 2 : 4;
+  if (kvDtype !== 'fp16' && kvDtype !== 'fp32' && kvDtype !== 'int8') {
+    throw new RequestValidationError('kvDtype', `must be 'fp16', 'fp32' or 'int8', got '${String(kvDtype)}'`);
+  }
+  const int8 = kvDtype === 'int8';
+  const elem = int8 ? 1 : kvDtype === 'fp16' ? 2 : 4;
+  // K and V of one (token, KV head): the row, plus its scale for int8.
+  const rowBytes = 2 * (D * elem + (int8 ? 4 : 0));
   const metaBytes = metaDtype === 'fp16' ? 2 : 4;
   const pagesPerSeq = Math.ceil(N / ps);
   const setPages = B * pagesPerSeq;
-  const setBytes = setPages * ps * Hk * D * elem * 2;
+  const setBytes = setPages * ps * Hk * rowBytes;
   const device = addon.deviceInfo();
   // Enough copies that the rotation does not fit the L2 cache three times over, memory permitting.
   const free = addon.memoryInfo().free;
@@ -129,6 +136,9 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
   const poolElems = numPages * ps * Hk * D;
   const k = alloc(poolElems * elem);
   const v = alloc(poolElems * elem);
+  const scaleRows = numPages * ps * Hk;
+  const kScale = int8 ? alloc(scaleRows * 4) : undefined;
+  const vScale = int8 ? alloc(scaleRows * 4) : undefined;
   const metaElems = numPages * Hk * D;
   const metaMin = alloc(metaElems * metaBytes);
   const metaMax = alloc(metaElems * metaBytes);
@@ -138,8 +148,9 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
   try {
     const kvCode = KV_DTYPE[kvDtype];
     const metaCode = META_DTYPE[metaDtype];
-    addon.randomFill({ dst: k, count: poolElems, dtype: kvCode, seed: 11 });
-    addon.randomFill({ dst: v, count: poolElems, dtype: kvCode, seed: 12 });
+    // int8: the same values quantised per (token, KV head) row, with their scales.
+    addon.randomFill({ dst: k, count: poolElems, dtype: kvCode, seed: 11, scales: kScale, rowLen: int8 ? D : undefined });
+    addon.randomFill({ dst: v, count: poolElems, dtype: kvCode, seed: 12, scales: vScale, rowLen: int8 ? D : undefined });
     addon.randomFill({ dst: q, count: B * Hq * D, dtype: 0, seed: 13 });
     const lastLen = N - (pagesPerSeq - 1) * ps;
     const allPages = Int32Array.from({ length: numPages }, (_, i) => i);
@@ -147,7 +158,7 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
     for (let i = 0; i < rotations * B; i++) fills[i * pagesPerSeq + pagesPerSeq - 1] = lastLen;
     addon.fill({ dst: metaMin, count: metaElems, dtype: metaCode, value: Infinity });
     addon.fill({ dst: metaMax, count: metaElems, dtype: metaCode, value: -Infinity });
-    addon.rebuildMetadata({ k, kvDtype: kvCode, metaMin, metaMax, metaDtype: metaCode, pages: allPages, fills, pageSize: ps, numKvHeads: Hk, headDim: D, numPagesTotal: numPages });
+    addon.rebuildMetadata({ k, kScale, kvDtype: kvCode, metaMin, metaMax, metaDtype: metaCode, pages: allPages, fills, pageSize: ps, numKvHeads: Hk, headDim: D, numPagesTotal: numPages });
     const seqLens = new Int32Array(B).fill(N);
     const pageIndptr = Int32Array.from({ length: B + 1 }, (_, s) => s * pagesPerSeq);
 
@@ -176,7 +187,7 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
           sinkPages: mode.kind === 'sparse' ? (mode.sinkPages ?? 1) : 0,
           ...params.tuning,
         });
-        const args = { q, k, v, out, metaMin, metaMax, metaDtype: metaCode };
+        const args = { q, k, v, kScale, vScale, out, metaMin, metaMax, metaDtype: metaCode };
         calls.push({ op: mode.kind, plan: plan.handle, args });
       }
       const rounds = Math.max(1, Math.ceil(iterations / rotations));
@@ -199,7 +210,7 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
         // Metadata of every page, and the page scores written then read back for selection.
         extra = setPages * Hk * D * 2 * metaBytes + 2 * setPages * Hk * 4;
       }
-      const bytes = attendedTokens * D * 2 * elem + extra + 2 * B * Hq * D * 4;
+      const bytes = attendedTokens * rowBytes + extra + 2 * B * Hq * D * 4;
       const gbps = bytes / (us * 1e-6) / 1e9;
       results.push({
         mode: modeLabel(mode),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_MODES, parseModes } from './benchmark-suite.js';
+import { DEFAULT_MODES, parseKvDtype, parseModes } from './benchmark-suite.js';
 
 describe('parseModes', () => {
   it('reads dense, ratio and budget modes in order', () => {
@@ -19,5 +19,16 @@ describe('parseModes', () => {
     expect(() => parseModes('ratio:0')).toThrow(/'ratio:0'/);
     expect(() => parseModes('ratio:1.5')).toThrow(/'ratio:1.5'/);
     expect(() => parseModes('budget:12.5')).toThrow(/'budget:12.5'/);
+  });
+});
+
+describe('parseKvDtype', () => {
+  it('reads fp16, fp32 and int8, fp16 by default', () => {
+    expect(parseKvDtype(undefined)).toBe('fp16');
+    expect(['fp16', 'fp32', 'int8'].map(parseKvDtype)).toEqual(['fp16', 'fp32', 'int8']);
+  });
+
+  it('rejects other formats, naming the flag and the value', () => {
+    expect(() => parseKvDtype('bf16')).toThrow(/--kv-dtype: 'bf16'/);
   });
 });

@@ -42,6 +42,15 @@ export function parseModes(spec: string | undefined): BenchmarkMode[] {
   });
 }
 
+export type BenchKvDtype = 'fp16' | 'fp32' | 'int8';
+
+/** A `--kv-dtype` value: fp16 (default), fp32 or int8. */
+export function parseKvDtype(spec: string | undefined): BenchKvDtype {
+  if (spec === undefined) return 'fp16';
+  if (spec === 'fp16' || spec === 'fp32' || spec === 'int8') return spec;
+  throw new Error(`--kv-dtype: '${spec}' is not fp16, fp32 or int8`);
+}
+
 /** One shape as tools/bench-sdpa.py reads it, and its result. */
 export interface SdpaShape {
   batch: number;
@@ -66,7 +75,8 @@ export interface SuiteOptions {
   contexts: number[];
   modes?: BenchmarkMode[];
   pageSize?: number;
-  kvDtype?: 'fp16' | 'fp32';
+  /** KV element format (default fp16); int8 bytes include the per-token scales. */
+  kvDtype?: BenchKvDtype;
   metaDtype?: 'fp16' | 'fp32';
   iterations?: number;
   /**

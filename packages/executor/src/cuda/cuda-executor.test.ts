@@ -50,9 +50,15 @@ describe('createExecutor("cuda") without a usable addon', () => {
     expect(() => loadCudaAddon()).toThrow(BackendUnavailableError);
   });
 
+  it('accepts int8 KV: without an addon it fails only for want of the GPU', async () => {
+    process.env.TINYSERVE_CUDA_ADDON = join(tmpdir(), 'no-such-dir', 'tinyserve_cuda.node');
+    await expect(createExecutor('cuda', options({ kvCacheDtype: 'int8' }))).rejects.toThrow(BackendUnavailableError);
+  });
+
   it('rejects configurations the cuda executor cannot run before touching the GPU', async () => {
-    await expect(createExecutor('cuda', options({ kvCacheDtype: 'int8' }))).rejects.toThrow(ConfigError);
-    await expect(createExecutor('cuda', options({ kvCacheDtype: 'int8' }))).rejects.toThrow(/kvCacheDtype: 'int8' is not supported by the cuda executor/);
+    const bf16 = options({ kvCacheDtype: 'bf16' as never });
+    await expect(createExecutor('cuda', bf16)).rejects.toThrow(ConfigError);
+    await expect(createExecutor('cuda', bf16)).rejects.toThrow(/kvCacheDtype: 'bf16' is not supported by the cuda executor \(supported: fp32, fp16, int8\)/);
     const streaming = { policy: 'streaming', selectionRatio: 0.5, tokenBudget: null, sinkPages: 1, denseLayers: 0, useFusedKernel: true };
     await expect(createExecutor('cuda', options({ selection: streaming }))).rejects.toThrow(/'streaming' is not supported by the cuda executor/);
     const odd = createRandomModel(llamaConfig({ numLayers: 1, headDim: 12, hiddenSize: 48 }), 3);

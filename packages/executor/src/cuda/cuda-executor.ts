@@ -45,8 +45,8 @@ function checkOptions(options: ExecutorOptions): { kvDtype: CudaKvDtype; sparse:
     const v = options[f];
     if (!(Number.isInteger(v) && v > 0)) throw new ConfigError(f, `must be a positive integer, got ${String(v)}`);
   }
-  if (options.kvCacheDtype !== 'fp32' && options.kvCacheDtype !== 'fp16') {
-    throw new ConfigError('kvCacheDtype', `'${options.kvCacheDtype}' is not supported by the cuda executor yet (supported: fp32, fp16)`);
+  if (options.kvCacheDtype !== 'fp32' && options.kvCacheDtype !== 'fp16' && options.kvCacheDtype !== 'int8') {
+    throw new ConfigError('kvCacheDtype', `'${String(options.kvCacheDtype)}' is not supported by the cuda executor (supported: fp32, fp16, int8)`);
   }
   const { headDim } = options.model.config;
   if (!HEAD_DIMS.includes(headDim)) {
@@ -65,7 +65,8 @@ function checkOptions(options: ExecutorOptions): { kvDtype: CudaKvDtype; sparse:
 
 /**
  * The executor of the `cuda` backend: the same tfjs model graph as `wasm` and `cpu`, its
- * tensors and KV pages in GPU memory. Decode steps attend densely or, with the `quest`
+ * tensors and KV pages in GPU memory (fp32, fp16, or int8 in the kv-retriever's format with
+ * one scale per token and KV head). Decode steps attend densely or, with the `quest`
  * policy, through the fused sparse kernel (layers from `denseLayers` on); steps with prompt
  * tokens use causal paged prefill attention. Attention statistics are not collected.
  */

@@ -164,11 +164,11 @@ function attention({ inputs, backend, attrs }: KernelArgs, kernel: string, mode:
   if (T === 0) return out;
   const meta = cache.metaDtype !== 'none';
   const qOut = mode === 'append' ? be.bufferOf(out)! : state.qRot;
+  const kv = cache.layerBuffers(layer);
   be.addon.appendKv(plan.handle, {
     qkv: buf(be, qkv, kernel, 'qkv'),
     qOut,
-    k: cache.keys[layer],
-    v: cache.values[layer],
+    ...kv,
     metaMin: meta ? cache.metaMin[layer] : undefined,
     metaMax: meta ? cache.metaMax[layer] : undefined,
     metaDtype: cache.metaCode,
@@ -176,7 +176,7 @@ function attention({ inputs, backend, attrs }: KernelArgs, kernel: string, mode:
     ropeTheta: state.ropeTheta,
   });
   if (mode === 'append') return out;
-  const args = { q: state.qRot, k: cache.keys[layer], v: cache.values[layer], out: be.bufferOf(out)!, scale: step.scale };
+  const args = { q: state.qRot, ...kv, out: be.bufferOf(out)!, scale: step.scale };
   const sparse = info.decodeOnly && (mode === 'sparse' || layer >= state.sparseFromLayer);
   if (sparse && !meta) throw new Error(`${kernel}: sparse attention needs page metadata (the executor's policy is dense)`);
   if (!info.decodeOnly) be.addon.prefill(plan.handle, args);

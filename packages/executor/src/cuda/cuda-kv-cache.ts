@@ -1,23 +1,69 @@
 import { ConfigError, RequestValidationError, kvElementIndex } from '@tinyserve/core';
 import type { CopyTokensParams, KvLayout } from '@tinyserve/core';
-import { decodeFp16, encodeFp16 } from '@tinyserve/kv-retriever';
+import { decodeFp16, dequantizeInt8, encodeFp16, kvBytesPerPage, quantizeInt8 } from '@tinyserve/kv-retriever';
+import type { Int8ScaleGranularity } from '@tinyserve/kv-retriever';
 import { KV_DTYPE, META_DTYPE } from './addon-types.js';
 import type { CudaAddon, DeviceBuffer, KvDtypeCode, MetaDtypeCode } from './addon-types.js';
 
-export type CudaKvDtype = 'fp32' | 'fp16';
+export type CudaKvDtype = 'fp32' | 'fp16' | 'int8';
 export type CudaMetaDtype = 'fp32' | 'fp16';
 
 export interface CudaKvCacheOptions {
   layout: KvLayout;
   kvDtype: CudaKvDtype;
+  /**
+   * int8 scale granularity. Only 'token' (the default, and the format of every executor's KV
+   * cache): one scale per (token, KV head). Per-page scales are not implemented on the GPU.
+   */
+  int8Scales?: Int8ScaleGranularity;
   /** Page metadata (key bounding boxes) for query-aware selection; 'none' to skip it. */
   metadata: CudaMetaDtype | 'none';
 }
 
 /**
+ * Quantises `data` in rows of `rowLen` floats (a pool in the core layout has one row per
+ * (page, slot, KV head)) exactly as the kv-retriever's `KvCacheStorage` does with per-token
+ * scales: `q` in the same layout, one scale per row.
+ */
+export function quantizeKvRows(data: Float32Array, rowLen: number): { q: Int8Array; scales: Float32Array } {
+  if (!(Number.isInteger(rowLen) && rowLen >= 1 && data.length % rowLen === 0)) {
+    throw new RequestValidationError('rowLen', `must be a positive divisor of the data length ${data.length}, got ${rowLen}`);
+  }
+  const q = new Int8Array(data.length);
+  const scales = new Float32Array(data.length / rowLen);
+  for (let r = 0; r < scales.length; r++) {
+    for (let i = r * rowLen; i < (r + 1) * rowLen; i++) {
+      if (!Number.isFinite(data[i])) throw new RequestValidationError('data', `int8 KV cannot store the non-finite value ${data[i]} (element ${i})`);
+    }
+    scales[r] = quantizeInt8(data, r * rowLen, rowLen, q, r * rowLen);
+  }
+  return { q, scales };
+}
+
+/** The inverse of {@link quantizeKvRows}: `q * scale` per element, as `KvCacheStorage` decodes. */
+export function dequantizeKvRows(q: Int8Array, scales: Float32Array, rowLen: number): Float32Array {
+  if (scales.length * rowLen !== q.length) {
+    throw new RequestValidationError('scales', `must hold one scale per row of ${rowLen} (${q.length / rowLen}), got ${scales.length}`);
+  }
+  const out = new Float32Array(q.length);
+  for (let r = 0; r < scales.length; r++) dequantizeInt8(q, r * rowLen, rowLen, scales[r], out, r * rowLen);
+  return out;
+}
+
+/** The device buffers an attention call of one layer reads (int8: with the scales). */
+export interface CudaKvLayerBuffers {
+  k: DeviceBuffer;
+  v: DeviceBuffer;
+  kScale?: DeviceBuffer;
+  vScale?: DeviceBuffer;
+}
+
+/**
  * The paged KV cache in device memory: per layer one K and one V pool in core's `KvLayout`
- * (fp32 or fp16 elements) and, when asked for, the page metadata (`min` / `max` boxes, empty
- * pages marked +inf / -inf as the kv-retriever does).
+ * (fp32, fp16 or int8 elements; int8 with one fp32 scale per (token, KV head) in a K and a V
+ * scale buffer, the kv-retriever's `KvCacheStorage` format) and, when asked for, the page
+ * metadata (`min` / `max` boxes of the keys as stored, empty pages marked +inf / -inf as the
+ * kv-retriever does).
  */
 export class CudaKvCache {
   readonly layout: KvLayout;
@@ -25,6 +71,9 @@ export class CudaKvCache {
   readonly metaDtype: CudaMetaDtype | 'none';
   readonly keys: DeviceBuffer[] = [];
   readonly values: DeviceBuffer[] = [];
+  /** int8 only: per layer, one fp32 scale per (page, slot, KV head) of `keys` / `values`. */
+  readonly keyScales: DeviceBuffer[] = [];
+  readonly valueScales: DeviceBuffer[] = [];
   readonly metaMin: DeviceBuffer[] = [];
   readonly metaMax: DeviceBuffer[] = [];
   private disposed = false;
@@ -37,8 +86,11 @@ export class CudaKvCache {
     for (const f of ['numLayers', 'numPages', 'pageSize', 'numKvHeads', 'headDim'] as const) {
       if (!(Number.isInteger(layout[f]) && layout[f] >= 1)) throw new ConfigError(f, `must be a positive integer, got ${String(layout[f])}`);
     }
-    if (options.kvDtype !== 'fp32' && options.kvDtype !== 'fp16') {
-      throw new ConfigError('kvCacheDtype', `'${String(options.kvDtype)}' is not supported by the cuda executor (supported: fp32, fp16)`);
+    if (options.kvDtype !== 'fp32' && options.kvDtype !== 'fp16' && options.kvDtype !== 'int8') {
+      throw new ConfigError('kvCacheDtype', `'${String(options.kvDtype)}' is not supported by the cuda executor (supported: fp32, fp16, int8)`);
+    }
+    if (options.int8Scales !== undefined && options.int8Scales !== 'token') {
+      throw new ConfigError('int8Scales', `'${String(options.int8Scales)}' is not supported by the cuda executor (supported: 'token', one scale per token and KV head)`);
     }
     this.layout = { ...layout };
     this.kvDtype = options.kvDtype;
@@ -51,6 +103,14 @@ export class CudaKvCache {
         this.values.push(addon.alloc(kvBytes));
         addon.fill({ dst: this.keys[l], count: elems, dtype: this.kvCode, value: 0 });
         addon.fill({ dst: this.values[l], count: elems, dtype: this.kvCode, value: 0 });
+        if (this.kvDtype === 'int8') {
+          // Scale 0 with q 0: an unwritten row decodes to zeros, as in KvCacheStorage.
+          const rows = this.scaleElements;
+          this.keyScales.push(addon.alloc(rows * 4));
+          this.valueScales.push(addon.alloc(rows * 4));
+          addon.fill({ dst: this.keyScales[l], count: rows, dtype: 0, value: 0 });
+          addon.fill({ dst: this.valueScales[l], count: rows, dtype: 0, value: 0 });
+        }
         if (options.metadata !== 'none') {
           const metaElems = this.metadataElements;
           const code = options.metadata === 'fp16' ? 1 : 0;
@@ -62,13 +122,14 @@ export class CudaKvCache {
       }
     } catch (cause) {
       this.dispose();
-      const mb = Math.round((2 * layout.numLayers * kvBytes) / 2 ** 20);
+      const mb = Math.round((layout.numPages * this.bytesPerPage) / 2 ** 20);
       throw new ConfigError('numKvPages', `cannot allocate ${layout.numPages} KV pages on the GPU (${mb} MiB): ${String(cause)}; lower numKvPages`);
     }
   }
 
+  /** Bytes of one K or V element (int8 scales not counted). */
   get elemBytes(): number {
-    return this.kvDtype === 'fp16' ? 2 : 4;
+    return this.kvDtype === 'int8' ? 1 : this.kvDtype === 'fp16' ? 2 : 4;
   }
 
   get kvCode(): KvDtypeCode {
@@ -85,25 +146,41 @@ export class CudaKvCache {
     return numPages * pageSize * numKvHeads * headDim;
   }
 
+  /** int8: scales of one layer's K (or V) pool, one per (page, slot, KV head). */
+  get scaleElements(): number {
+    const { numPages, pageSize, numKvHeads } = this.layout;
+    return numPages * pageSize * numKvHeads;
+  }
+
   get metadataElements(): number {
     const { numPages, numKvHeads, headDim } = this.layout;
     return numPages * numKvHeads * headDim;
   }
 
-  /** Bytes of one page across all layers, K and V. */
+  /** Bytes of one page across all layers, K and V (int8 scales included), as the kv-retriever counts them. */
   get bytesPerPage(): number {
-    const { numLayers, pageSize, numKvHeads, headDim } = this.layout;
-    return 2 * numLayers * pageSize * numKvHeads * headDim * this.elemBytes;
+    return kvBytesPerPage({ ...this.layout, dtype: this.kvDtype, int8Scales: 'token' });
   }
 
-  /** Bytes of one token's K and V in one layer. */
+  /** Bytes of one token's K and V in one layer (int8 scales included): what attention reads per token. */
   get bytesPerTokenLayer(): number {
-    return 2 * this.layout.numKvHeads * this.layout.headDim * this.elemBytes;
+    return 2 * this.layout.numKvHeads * (this.layout.headDim * this.elemBytes + (this.kvDtype === 'int8' ? 4 : 0));
+  }
+
+  /** One layer's K / V buffers (and int8 scales) for the attention calls. */
+  layerBuffers(layer: number): CudaKvLayerBuffers {
+    const l = this.checkLayer(layer);
+    if (this.kvDtype !== 'int8') return { k: this.keys[l], v: this.values[l] };
+    return { k: this.keys[l], v: this.values[l], kScale: this.keyScales[l], vScale: this.valueScales[l] };
   }
 
   /** One layer's K or V pool decoded to fp32, in the core layout (tests, inspection). */
   download(layer: number, which: 'key' | 'value'): Float32Array {
     const buf = (which === 'key' ? this.keys : this.values)[this.checkLayer(layer)];
+    if (this.kvDtype === 'int8') {
+      const { q, scales } = this.downloadInt8(layer, which);
+      return dequantizeKvRows(q, scales, this.layout.headDim);
+    }
     if (this.kvDtype === 'fp32') {
       const out = new Float32Array(this.poolElements);
       this.addon.download(buf, 0, out);
@@ -114,13 +191,42 @@ export class CudaKvCache {
     return decodeFp16(raw);
   }
 
-  /** Overwrites one layer's K or V pool from fp32 values (rounded to fp16 for an fp16 cache). */
+  /**
+   * Overwrites one layer's K or V pool from fp32 values (rounded to fp16 for an fp16 cache,
+   * quantised per (token, KV head) row as `KvCacheStorage` does for an int8 cache).
+   */
   upload(layer: number, which: 'key' | 'value', data: Float32Array): void {
     if (data.length !== this.poolElements) {
       throw new RequestValidationError('data', `must hold numPages*pageSize*numKvHeads*headDim = ${this.poolElements} floats, got ${data.length}`);
     }
     const buf = (which === 'key' ? this.keys : this.values)[this.checkLayer(layer)];
+    if (this.kvDtype === 'int8') {
+      const { q, scales } = quantizeKvRows(data, this.layout.headDim);
+      this.uploadInt8(layer, which, q, scales);
+      return;
+    }
     this.addon.upload(buf, 0, this.kvDtype === 'fp32' ? data : encodeFp16(data));
+  }
+
+  /** int8: one layer's K or V pool as stored, `q` in the core layout and one scale per (page, slot, KV head). */
+  downloadInt8(layer: number, which: 'key' | 'value'): { q: Int8Array; scales: Float32Array } {
+    const l = this.checkLayer(layer);
+    this.requireInt8();
+    const q = new Int8Array(this.poolElements);
+    const scales = new Float32Array(this.scaleElements);
+    this.addon.download((which === 'key' ? this.keys : this.values)[l], 0, q);
+    this.addon.download((which === 'key' ? this.keyScales : this.valueScales)[l], 0, scales);
+    return { q, scales };
+  }
+
+  /** int8: overwrites one layer's K or V pool with stored bytes and scales (e.g. a `KvCacheStorage` layer's). */
+  uploadInt8(layer: number, which: 'key' | 'value', q: Int8Array, scales: Float32Array): void {
+    const l = this.checkLayer(layer);
+    this.requireInt8();
+    if (q.length !== this.poolElements) throw new RequestValidationError('q', `must hold ${this.poolElements} values, got ${q.length}`);
+    if (scales.length !== this.scaleElements) throw new RequestValidationError('scales', `must hold ${this.scaleElements} scales, got ${scales.length}`);
+    this.addon.upload((which === 'key' ? this.keys : this.values)[l], 0, q);
+    this.addon.upload((which === 'key' ? this.keyScales : this.valueScales)[l], 0, scales);
   }
 
   /** One layer's metadata boxes decoded to fp32 (`min`, `max`, core's metadata layout). */
@@ -147,6 +253,7 @@ export class CudaKvCache {
     for (const l of layers ?? Array.from({ length: this.layout.numLayers }, (_, i) => i)) {
       this.addon.rebuildMetadata({
         k: this.keys[this.checkLayer(l)],
+        kScale: this.kvDtype === 'int8' ? this.keyScales[l] : undefined,
         kvDtype: this.kvCode,
         metaMin: this.metaMin[l],
         metaMax: this.metaMax[l],
@@ -161,7 +268,7 @@ export class CudaKvCache {
     }
   }
 
-  /** Copies token slots, all layers, K and V, entries in order (see `Executor.copyTokens`). */
+  /** Copies token slots, all layers, K and V (and int8 scales), entries in order (see `Executor.copyTokens`). */
   copyTokens(params: CopyTokensParams): void {
     const { srcPages, srcSlots, dstPages, dstSlots } = params;
     const n = srcPages.length;
@@ -187,12 +294,23 @@ export class CudaKvCache {
       src,
       dst,
     });
+    // The scales are separate buffers, so copying them in a second ordered pass gives the same result.
+    if (this.kvDtype === 'int8') {
+      this.addon.copyTokens({
+        caches: [...this.keyScales, ...this.valueScales],
+        elemBytes: 4,
+        rowElems: this.layout.numKvHeads,
+        numRows: this.layout.numPages * this.layout.pageSize,
+        src,
+        dst,
+      });
+    }
   }
 
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const b of [...this.keys, ...this.values, ...this.metaMin, ...this.metaMax]) this.addon.free(b);
+    for (const b of [...this.keys, ...this.values, ...this.keyScales, ...this.valueScales, ...this.metaMin, ...this.metaMax]) this.addon.free(b);
   }
 
   private checkLayer(layer: number): number {
@@ -200,6 +318,10 @@ export class CudaKvCache {
       throw new RequestValidationError('layer', `must be in [0, ${this.layout.numLayers}), got ${layer}`);
     }
     return layer;
+  }
+
+  private requireInt8(): void {
+    if (this.kvDtype !== 'int8') throw new RequestValidationError('kvDtype', `this KV cache is ${this.kvDtype}, not int8`);
   }
 
   private requireMetadata(): void {

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { loadCudaAddon } from './addon-loader.js';
 import { checkBackendOps, checkExecutors } from './backend-checks.js';
 import type { BenchmarkTuning } from './benchmark-attention.js';
-import { HEAD_SHAPES, formatSuiteTable, parseModes, runAttentionSuite, sdpaShapes } from './benchmark-suite.js';
+import { HEAD_SHAPES, formatSuiteTable, parseKvDtype, parseModes, runAttentionSuite, sdpaShapes } from './benchmark-suite.js';
 import type { SdpaResult } from './benchmark-suite.js';
 import { defaultScenarios, runGpuChecks } from './gpu-checks.js';
 import type { GpuCheckResult } from './gpu-checks.js';
@@ -34,6 +34,8 @@ const { values: args } = parseArgs({
     contexts: { type: 'string', default: '4096,8192,16384,32768,65536' },
     tunings: { type: 'string', default: '[{}]' },
     iterations: { type: 'string', default: '40' },
+    /** KV format of our kernels in the benchmark: fp16 (default), fp32 or int8 (SDPA stays fp16). */
+    'kv-dtype': { type: 'string', default: 'fp16' },
   },
 });
 
@@ -76,6 +78,7 @@ async function main(): Promise<void> {
   const batches = args.batches!.split(',').map(Number);
   const contexts = args.contexts!.split(',').map(Number);
   const modes = parseModes(args.modes);
+  const kvDtype = parseKvDtype(args['kv-dtype']);
   let sdpa: SdpaResult[] = [];
   if (args['sdpa-from'] !== undefined) {
     sdpa = (JSON.parse(readFileSync(args['sdpa-from'], 'utf8')) as { results: SdpaResult[] }).results;
@@ -98,12 +101,13 @@ async function main(): Promise<void> {
     batches,
     contexts,
     modes,
+    kvDtype,
     iterations: Number(args.iterations),
     tunings: JSON.parse(args.tunings!) as BenchmarkTuning[],
     log,
   });
   const table = formatSuiteTable(suite, sdpa);
-  const header = `${suite.device.name}, copy ${suite.copyGbPerSecond.toFixed(0)} GB/s, ${new Date().toISOString()}, fp16 KV, fp16 page metadata, page size 16`;
+  const header = `${suite.device.name}, copy ${suite.copyGbPerSecond.toFixed(0)} GB/s, ${new Date().toISOString()}, ${kvDtype} KV, fp16 page metadata, page size 16`;
   writeFileSync(join(out, 'bench.json'), JSON.stringify({ ...suite, sdpa }, null, 1));
   writeFileSync(join(out, 'bench.md'), `${header}\n\n${table}\n`);
   console.log(`\n${header}\n\n${table}`);

@@ -8,6 +8,7 @@
 import type { KvLayout, SelectionConfig } from '@tinyserve/core';
 import { mulberry32 } from '@tinyserve/core';
 import {
+  KvCacheStorage,
   createQuestPolicy,
   decodeFp16,
   encodeFp16,
@@ -20,7 +21,7 @@ import {
 } from '@tinyserve/kv-retriever';
 import { appendKvToPages, attendOverPages } from '../kernels/paged-attention-cpu.js';
 import { computeRopeTables, rotateHead } from '../kernels/rope.js';
-import type { CudaAddon, DeviceBuffer } from './addon-types.js';
+import type { CudaAddon, DeviceBuffer, PlanUpdateParams } from './addon-types.js';
 import { CudaKvCache } from './cuda-kv-cache.js';
 import type { CudaKvDtype, CudaMetaDtype } from './cuda-kv-cache.js';
 import { CudaStepPlan, selectionTopK } from './step-plan.js';
@@ -108,9 +109,11 @@ export interface AttentionScenario {
 /**
  * Relative L2 tolerances. fp32 KV runs fp32 math on CUDA cores (~1e-7 seen). fp16 KV with GQA
  * groups of 4+ runs on tensor cores, where probabilities enter p.v as fp16 (relative rounding
- * 2^-11 per weight): FP16 tolerance.
+ * 2^-11 per weight): FP16 tolerance. int8 runs fp32 math on CUDA cores over exactly the values
+ * the reference dequantises (only the order of roundings differs: the k scale multiplies the
+ * whole dot product, the v scale the probability), so it is held to the fp32 tolerance.
  */
-const TOL = { fp32: 2e-5, fp16: 1e-3 } as const;
+const TOL = { fp32: 2e-5, fp16: 1e-3, int8: 2e-5 } as const;
 
 /**
  * Runs one scenario: history K/V uploaded, metadata rebuilt on the GPU, the step's K/V
@@ -155,15 +158,35 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
       hostV.set(normals(row, r), off);
     }
   }
-  hostK.set(roundTo(sc.kvDtype, hostK));
-  hostV.set(roundTo(sc.kvDtype, hostV));
+  // int8: the TypeScript storage is the reference (its bytes are uploaded as they are); the
+  // attention and metadata references read its dequantised values.
+  const storage = sc.kvDtype === 'int8' ? new KvCacheStorage({ layout, dtype: 'int8' }) : null;
+  if (storage) {
+    for (let s = 0; s < S; s++) {
+      for (let pos = 0; pos < sc.history[s]; pos++) {
+        const page = pageIndices[pageIndptr[s] + Math.floor(pos / ps)];
+        const off = (page * ps + (pos % ps)) * row;
+        storage.writeToken(0, page, pos % ps, hostK.subarray(off, off + row), hostV.subarray(off, off + row));
+      }
+    }
+    hostK.set(storage.decodeLayer(0, 'key'));
+    hostV.set(storage.decodeLayer(0, 'value'));
+  } else {
+    hostK.set(roundTo(sc.kvDtype, hostK));
+    hostV.set(roundTo(sc.kvDtype, hostV));
+  }
 
   const scratch = new Scratch(addon);
   const cache = new CudaKvCache(addon, { layout, kvDtype: sc.kvDtype, metadata: sc.metaDtype });
   const plan = new CudaStepPlan(addon);
   try {
-    cache.upload(0, 'key', hostK);
-    cache.upload(0, 'value', hostV);
+    if (storage) {
+      cache.uploadInt8(0, 'key', storage.keys[0] as Int8Array, storage.keyScales[0]);
+      cache.uploadInt8(0, 'value', storage.values[0] as Int8Array, storage.valueScales[0]);
+    } else {
+      cache.upload(0, 'key', hostK);
+      cache.upload(0, 'value', hostV);
+    }
     const fills = new Int32Array(numPages);
     for (let s = 0; s < S; s++) {
       for (let i = 0; i < pagesPerSeq[s]; i++) fills[pageIndices[pageIndptr[s] + i]] = Math.max(0, Math.min(ps, sc.history[s] - i * ps));
@@ -175,7 +198,7 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
     results.push(compareMetadata(`${sc.name}: metadata rebuild`, cache.downloadMetadata(0), refMeta, sc.metaDtype));
 
     const topK = sc.selection ? selectionTopK(seqLens, ps, { selectionRatio: sc.selection.selectionRatio, tokenBudget: sc.selection.tokenBudget }) : undefined;
-    const info = plan.update({
+    const planParams: PlanUpdateParams = {
       numQHeads: Hq,
       numKvHeads: Hk,
       headDim: D,
@@ -191,7 +214,8 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
       denseSplits: sc.denseSplits,
       sparseSplits: sc.sparseSplits,
       headsPerCta: sc.headsPerCta,
-    });
+    };
+    const info = plan.update(planParams);
     const planNote = `splits dense ${info.denseSplits} sparse ${info.sparseSplits}, ${info.headsPerCta} heads/CTA, ${info.numRuns} runs`;
 
     // The step: append with RoPE and the metadata update, then attention.
@@ -202,8 +226,7 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
     addon.appendKv(plan.handle, {
       qkv: qkvBuf,
       qOut,
-      k: cache.keys[0],
-      v: cache.values[0],
+      ...cache.layerBuffers(0),
       metaMin: cache.metaMin[0],
       metaMax: cache.metaMax[0],
       metaDtype: cache.metaCode,
@@ -239,18 +262,27 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
       chunkSize: 64,
     };
     appendKvToPages(refParams);
-    hostK.set(roundTo(sc.kvDtype, hostK));
-    hostV.set(roundTo(sc.kvDtype, hostV));
-    const newKeys = new Float32Array(T * row);
     const tokenPage = new Int32Array(T);
     const tokenSlot = new Int32Array(T);
     for (let t = 0; t < T; t++) {
       tokenPage[t] = pageIndices[pageIndptr[tokenSeq[t]] + Math.floor(tokenPos[t] / ps)];
       tokenSlot[t] = tokenPos[t] % ps;
+    }
+    if (storage) {
+      // hostK holds the TypeScript-rotated fp32 keys of the step here.
+      results.push(...checkInt8Append(addon, sc, planParams, cache, storage, qkv, qkvBuf, hostK, tokenPage, tokenSlot, theta));
+      hostK.set(storage.decodeLayer(0, 'key'));
+      hostV.set(storage.decodeLayer(0, 'value'));
+    } else {
+      hostK.set(roundTo(sc.kvDtype, hostK));
+      hostV.set(roundTo(sc.kvDtype, hostV));
+      results.push(compareCache(`${sc.name}: K/V append (${sc.kvDtype}${sc.rope ? ', RoPE' : ''})`, cache, hostK, hostV));
+    }
+    const newKeys = new Float32Array(T * row);
+    for (let t = 0; t < T; t++) {
       newKeys.set(hostK.subarray((tokenPage[t] * ps + tokenSlot[t]) * row, (tokenPage[t] * ps + tokenSlot[t] + 1) * row), t * row);
     }
     updatePageMetadata({ layout, ...refMeta, keys: newKeys, pages: tokenPage, slots: tokenSlot });
-    results.push(compareCache(`${sc.name}: K/V append (${sc.kvDtype}${sc.rope ? ', RoPE' : ''})`, cache, hostK, hostV));
     const gpuMeta = cache.downloadMetadata(0);
     results.push(compareMetadata(`${sc.name}: metadata update fused in append`, gpuMeta, refMeta, sc.metaDtype));
 
@@ -269,7 +301,7 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
 
     const out = scratch.floats(T * Hq * D);
     if (!decode) {
-      addon.prefill(plan.handle, { q: qOut, k: cache.keys[0], v: cache.values[0], out, scale });
+      addon.prefill(plan.handle, { q: qOut, ...cache.layerBuffers(0), out, scale });
       const got = scratch.read(out, T * Hq * D);
       attendOverPages(refParams);
       const err = relativeError(got, refParams.out);
@@ -280,7 +312,7 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
     const lastPageLen = Int32Array.from(seqLens, (n, s) => n - (pagesPerSeq[s] - 1) * ps);
     const decodeRef = { layout, kCache: hostK, vCache: hostV, query: qRef, numQHeads: Hq, pageIndptr, pageIndices, lastPageLen, scale };
     const denseRef = pagedAttentionDecodeDense(decodeRef);
-    addon.decodeDense(plan.handle, { q: qOut, k: cache.keys[0], v: cache.values[0], out, scale });
+    addon.decodeDense(plan.handle, { q: qOut, ...cache.layerBuffers(0), out, scale });
     const dense = scratch.read(out, T * Hq * D);
     const denseErr = relativeError(dense, denseRef);
     results.push({ name: `${sc.name}: dense decode`, ok: denseErr < TOL[sc.kvDtype], relErr: denseErr, detail: planNote });
@@ -289,8 +321,7 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
       scratch.poison(out, T * Hq * D);
       addon.decodeSparse(plan.handle, {
         q: qOut,
-        k: cache.keys[0],
-        v: cache.values[0],
+        ...cache.layerBuffers(0),
         out,
         scale,
         metaMin: cache.metaMin[0],
@@ -320,7 +351,81 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
     return results;
   } finally {
     cache.dispose();
+    plan.release();
     scratch.dispose();
+  }
+}
+
+/**
+ * The int8 append against the kv-retriever's `KvCacheStorage` (per-token scales) fed the same
+ * rotated keys and values: the GPU's rotated keys come from an fp32 append of the same step
+ * (same kernel code path for RoPE), checked against the TypeScript rotation (`cpuKeys`, the
+ * pool with the step's rows written) within the last-bit tolerance of cos/sin; the stored
+ * bytes and scales must then equal the storage's exactly. Writes the step's tokens into `storage`.
+ */
+function checkInt8Append(
+  addon: CudaAddon,
+  sc: AttentionScenario,
+  planParams: PlanUpdateParams,
+  cache: CudaKvCache,
+  storage: KvCacheStorage,
+  qkv: Float32Array,
+  qkvBuf: DeviceBuffer,
+  cpuKeys: Float32Array,
+  tokenPage: Int32Array,
+  tokenSlot: Int32Array,
+  ropeTheta: number,
+): GpuCheckResult[] {
+  const { layout } = cache;
+  const row = layout.numKvHeads * layout.headDim;
+  const width = (sc.numQHeads + 2 * layout.numKvHeads) * layout.headDim;
+  const kOff = sc.numQHeads * layout.headDim;
+  const shadow = new CudaKvCache(addon, { layout, kvDtype: 'fp32', metadata: 'none' });
+  const shadowPlan = new CudaStepPlan(addon);
+  try {
+    const { numQHeads, numKvHeads, headDim, pageSize, numPagesTotal, pageIndptr, pageIndices, seqLens, queryIndptr } = planParams;
+    shadowPlan.update({ numQHeads, numKvHeads, headDim, pageSize, kvDtype: shadow.kvCode, numPagesTotal, pageIndptr, pageIndices, seqLens, queryIndptr });
+    addon.appendKv(shadowPlan.handle, { qkv: qkvBuf, ...shadow.layerBuffers(0), rope: sc.rope, ropeTheta });
+    const gpuKeys = shadow.download(0, 'key');
+    let rotBad = 0;
+    let rotWorst = 0;
+    for (let t = 0; t < tokenPage.length; t++) {
+      const off = (tokenPage[t] * layout.pageSize + tokenSlot[t]) * row;
+      const k = gpuKeys.subarray(off, off + row);
+      for (let i = 0; i < row; i++) {
+        const d = Math.abs(k[i] - cpuKeys[off + i]);
+        if (!(d <= 1e-6 * Math.max(1, Math.abs(cpuKeys[off + i])))) rotBad++;
+        rotWorst = Math.max(rotWorst, Number.isNaN(d) ? Infinity : d);
+      }
+      storage.writeToken(0, tokenPage[t], tokenSlot[t], k, qkv.subarray(t * width + kOff + row, t * width + kOff + 2 * row));
+    }
+    const results: GpuCheckResult[] = [
+      { name: `${sc.name}: rotated keys of the int8 append (GPU RoPE vs TypeScript)`, ok: rotBad === 0, detail: `${rotBad} elements differ, max |diff| ${rotWorst.toExponential(2)}` },
+    ];
+    let qBad = 0;
+    let scaleBad = 0;
+    let worstQ = 0;
+    for (const which of ['key', 'value'] as const) {
+      const got = cache.downloadInt8(0, which);
+      const refQ = (which === 'key' ? storage.keys[0] : storage.values[0]) as Int8Array;
+      const refS = which === 'key' ? storage.keyScales[0] : storage.valueScales[0];
+      for (let i = 0; i < refQ.length; i++) {
+        if (got.q[i] !== refQ[i]) {
+          qBad++;
+          worstQ = Math.max(worstQ, Math.abs(got.q[i] - refQ[i]));
+        }
+      }
+      for (let i = 0; i < refS.length; i++) if (got.scales[i] !== refS[i]) scaleBad++;
+    }
+    results.push({
+      name: `${sc.name}: K/V append (int8${sc.rope ? ', RoPE' : ''}) vs KvCacheStorage`,
+      ok: qBad === 0 && scaleBad === 0,
+      detail: `${qBad} bytes differ (max |diff| ${worstQ}), ${scaleBad} scales differ (${2 * storage.keyScales[0].length} rows)`,
+    });
+    return results;
+  } finally {
+    shadow.dispose();
+    shadowPlan.release();
   }
 }
 
@@ -421,7 +526,7 @@ function compareSelection(
   return { name, ok: wrong === 0, detail: `${compared} (sequence, KV head) selections, ${wrong} wrong, ${ties} pages differ at exact ties` };
 }
 
-/** The scenarios of the device run: shapes of the target models plus odd ones (group 3, head dim 8/16, page size 7). */
+/** The scenarios of the device run: shapes of the target models plus odd ones (group 3, head dim 8/16, page size 7), fp32, fp16 and int8 KV. */
 export function defaultScenarios(): AttentionScenario[] {
   const llama = { numQHeads: 32, numKvHeads: 4, headDim: 64 };
   const gpt2 = { numQHeads: 16, numKvHeads: 16, headDim: 64 };
@@ -444,6 +549,17 @@ export function defaultScenarios(): AttentionScenario[] {
     { name: 'tinyllama 32K budget 2048', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [32767, 4000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, seed: 14 },
     { name: 'long tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [20000, 9000], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.125, tokenBudget: null, sinkPages: 2 }, tiedKeys: true, seed: 15 },
     { name: 'selection past the staged size', numQHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [70000, 100], newTokens: [1, 1], rope: true, selection: { selectionRatio: 0.1, tokenBudget: null, sinkPages: 1 }, seed: 16 },
+    // int8 KV (KvCacheStorage's per-token format) on CUDA cores: 8, 1, 2 and 4 heads per CTA,
+    // head dims 8 to 128, page size 7, several splits, fp32 and fp16 boxes, prefill.
+    { name: 'tinyllama int8', ...llama, pageSize: 16, kvDtype: 'int8', metaDtype: 'fp32', history: [0, 16, 699, 2099], newTokens: [1, 1, 1, 1], rope: true, selection: { selectionRatio: 0.3, tokenBudget: null, sinkPages: 1 }, seed: 17 },
+    { name: 'gpt2-345m int8 budget 2048', ...gpt2, pageSize: 16, kvDtype: 'int8', metaDtype: 'fp16', history: [32, 999, 4096], newTokens: [1, 1, 1], rope: false, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, sparseSplits: 128, seed: 18 },
+    { name: 'int8 group 3, dim 16, page 7, 3 splits', numQHeads: 6, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'int8', metaDtype: 'fp32', history: [4, 49, 332], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.5, tokenBudget: null, sinkPages: 2 }, headsPerCta: 2, denseSplits: 3, sparseSplits: 3, seed: 19 },
+    { name: 'int8 mqa dim 128 page 32', numQHeads: 8, numKvHeads: 1, headDim: 128, pageSize: 32, kvDtype: 'int8', metaDtype: 'fp32', history: [2999, 63], newTokens: [1, 1], rope: true, selection: { selectionRatio: 0.125, tokenBudget: null, sinkPages: 1 }, seed: 20 },
+    { name: 'int8 group 4 dim 8', numQHeads: 8, numKvHeads: 2, headDim: 8, pageSize: 16, kvDtype: 'int8', metaDtype: 'fp32', history: [0, 1, 39], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.5, tokenBudget: null, sinkPages: 0 }, seed: 21 },
+    { name: 'int8 ratio 1 is dense', ...llama, pageSize: 16, kvDtype: 'int8', metaDtype: 'fp32', history: [300, 1000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: null, sinkPages: 1 }, seed: 22 },
+    { name: 'int8 tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'int8', metaDtype: 'fp32', history: [1200, 640], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, tiedKeys: true, seed: 23 },
+    { name: 'prefill tinyllama int8', ...llama, pageSize: 16, kvDtype: 'int8', metaDtype: 'fp32', history: [0, 100, 15], newTokens: [70, 33, 1], rope: true, seed: 24 },
+    { name: 'prefill int8 group 3 page 7', numQHeads: 6, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'int8', metaDtype: 'fp16', history: [5, 0], newTokens: [20, 9], rope: true, seed: 25 },
     { name: 'prefill tinyllama fp16', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [0, 100, 15], newTokens: [70, 33, 1], rope: true, seed: 9 },
     { name: 'prefill gpt2 fp32', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [0, 16], newTokens: [129, 16], rope: false, seed: 10 },
     { name: 'prefill group 3 page 7', numQHeads: 6, numKvHeads: 2, headDim: 16, pageSize: 7, kvDtype: 'fp32', metaDtype: 'fp16', history: [5, 0], newTokens: [20, 9], rope: true, seed: 11 },
