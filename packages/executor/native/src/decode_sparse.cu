@@ -110,22 +110,14 @@ __device__ __forceinline__ int skew(int p) { return p + (p >> 5); }
  */
 constexpr unsigned KEY_FORCED = 0xffffffffu;
 
-/** Bits of the selection key decided per counting round (2^SELECT_BITS - 1 thresholds counted at once). */
-constexpr int SELECT_BITS = 3;
-constexpr int SELECT_THRESHOLDS = (1 << SELECT_BITS) - 1;
-
-/** Ints of one round's counts in the selection's reduction scratch (two rounds alternate). */
-constexpr int SELECT_RED_STRIDE = SELECT_THRESHOLDS * 32;
-
 /**
- * Sum of `v` over the block, every thread gets it; one barrier. `red` holds 2 x
- * SELECT_RED_STRIDE ints used alternately (`round` counts the calls, shared with
- * blockCountAtLeast), so a fast warp's next write cannot race a slow warp's read of the
- * previous counts. Called by every thread, all lanes active.
+ * Sum of `v` over the block, every thread gets it; one barrier. `red` holds 2 x 32 ints used
+ * alternately (`round` counts the calls), so a fast warp's next write cannot race a slow warp's
+ * read of the previous sum. Called by every thread, all lanes active.
  */
 __device__ __forceinline__ int blockCount(int v, int* red, int& round) {
   v = __reduce_add_sync(FULL_MASK, v);
-  int* slot = red + (round & 1) * SELECT_RED_STRIDE;
+  int* slot = red + (round & 1) * 32;
   round++;
   if ((threadIdx.x & 31) == 0) slot[threadIdx.x >> 5] = v;
   __syncthreads();
@@ -135,51 +127,16 @@ __device__ __forceinline__ int blockCount(int v, int* red, int& round) {
 }
 
 /**
- * Per threshold j, how many keys are >= c[j], summed over the block; every thread gets them.
- * One barrier for all thresholds; `red` and `round` as for blockCount.
- */
-__device__ __forceinline__ void blockCountAtLeast(const unsigned* keys, int n, const unsigned (&c)[SELECT_THRESHOLDS], int nc,
-                                                  int (&total)[SELECT_THRESHOLDS], int* red, int& round) {
-  int local[SELECT_THRESHOLDS];
-#pragma unroll
-  for (int j = 0; j < SELECT_THRESHOLDS; j++) local[j] = 0;
-#pragma unroll 4
-  for (int p = threadIdx.x; p < n; p += blockDim.x) {
-    const unsigned k = keys[skew(p)];
-#pragma unroll
-    for (int j = 0; j < SELECT_THRESHOLDS; j++) local[j] += k >= c[j];
-  }
-  int* slot = red + (round & 1) * SELECT_RED_STRIDE;
-  round++;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-  for (int j = 0; j < SELECT_THRESHOLDS; j++) {
-    const int v = __reduce_add_sync(FULL_MASK, local[j]);
-    if (lane == 0 && j < nc) slot[j * 32 + warp] = v;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int j = 0; j < SELECT_THRESHOLDS; j++) {
-    int t = 0;
-    if (j < nc)
-      for (int w = 0; w < nw; w++) t += slot[j * 32 + w];
-    total[j] = t;
-  }
-}
-
-/**
  * Top-K of one (sequence, KV head) over its n page scores, written as ascending logical pages
  * (`sel`) and their attention entries (`selPhys`: physical page, ~page for the last one):
  * forced pages (the first `sinks` and the last) are kept when non-empty; of the rest, the
  * `K - kept` highest scores, ties to the lower page; empty pages (-inf) and NaN never. K >= n
  * keeps every page (dense), as the policy does. Returns the count (to every thread).
  *
- * The K-th largest key is found high bits first, over the bits where the candidates' keys
- * differ (the bits they share are the answer's too), SELECT_BITS bits per round: one pass over
- * the keys counts, for each of the 2^SELECT_BITS - 1 ways to extend the prefix, the keys that
- * reach it, and the largest extension that at least K keys reach is kept (one barrier a round,
- * about 4 rounds for 2048 float scores instead of 12 with one bit a round). A count of exactly K
- * ends the search: those keys are the top K. The pages are then written in order from thread-contiguous ranges
+ * The K-th largest key is found bit by bit, high to low, over the bits where the candidates'
+ * keys differ (the bits they share are the answer's too): a bit is set when at least K keys
+ * reach the prefix with it set, one block count per bit. A count of exactly K ends the search:
+ * those keys are the top K. The pages are then written in order from thread-contiguous ranges
  * with one block scan of two packed counts (pages above the threshold, ties at it; n < 2^16,
  * which the selection's shared memory bounds anyway).
  * `keys` (and `physS` unless null) hold skew(n) + 1 words of shared memory each. Not inlined:
@@ -189,7 +146,7 @@ __device__ __forceinline__ void blockCountAtLeast(const unsigned* keys, int n, c
 __device__ __noinline__ int selectPages(const float* __restrict__ scores, const int* __restrict__ pages, int n, int K, int sinks,
                            int* __restrict__ sel, int* __restrict__ selPhys, int* __restrict__ count, unsigned* keys,
                            int* physS) {
-  __shared__ int red[2 * SELECT_RED_STRIDE];
+  __shared__ int red[64];
   __shared__ unsigned agg[4][32];
   __shared__ unsigned scan[33];
   const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
@@ -268,37 +225,20 @@ __device__ __noinline__ int selectPages(const float* __restrict__ scores, const 
     thr = KEY_FORCED - 1u;  // the forced pages alone (all of them, as the policy keeps them)
   } else {
     // The K-th largest key (forced keys rank first, so it is a candidate's).
-    unsigned diff = andAll ^ orAll;
+    const unsigned diff = andAll ^ orAll;
     thr = andAll;
     bool exact = false;
-    while (diff != 0u && !exact) {
-      // The next (up to) SELECT_BITS differing bits, high to low; the prefix extensions in
-      // increasing order, so their counts do not increase with j.
-      int bits[SELECT_BITS];
-      int nb = 0;
-      while (nb < SELECT_BITS && diff != 0u) {
-        bits[nb] = 31 - __clz(diff);
-        diff &= ~(1u << bits[nb]);
-        nb++;
-      }
-      const int nc = (1 << nb) - 1;
-      unsigned c[SELECT_THRESHOLDS];
-#pragma unroll
-      for (int j = 0; j < SELECT_THRESHOLDS; j++) {
-        unsigned v = thr;
-        const int e = j + 1;
-        for (int i = 0; i < nb; i++)
-          if ((e >> (nb - 1 - i)) & 1) v |= 1u << bits[i];
-        c[j] = j < nc ? v : FULL_MASK;  // unused slots: counted, never chosen
-      }
-      int atLeast[SELECT_THRESHOLDS];
-      blockCountAtLeast(keys, n, c, nc, atLeast, red, round);
-      int best = -1;
-      for (int j = 0; j < nc; j++)
-        if (atLeast[j] >= K) best = j;
-      if (best >= 0) {
-        thr = c[best];
-        exact = atLeast[best] == K;
+    for (int b = 31; b >= 0; b--) {
+      if (!((diff >> b) & 1u)) continue;
+      const unsigned c = thr | (1u << b);
+      int local = 0;
+#pragma unroll 4
+      for (int p = tid; p < n; p += nt) local += keys[skew(p)] >= c;
+      const int atLeast = blockCount(local, red, round);
+      if (atLeast >= K) thr = c;
+      if (atLeast == K) {
+        exact = true;
+        break;
       }
     }
     if (exact) {

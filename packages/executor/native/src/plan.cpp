@@ -20,17 +20,23 @@ static int occupancy(const KernelInfo& k, int smem) {
 /**
  * Splits per unit (sequence, KV head, head chunk). Units do equal work, so the count that
  * fills whole waves of `resident` CTAs wins (a second, partly filled wave costs as much as a
- * full one); a small charge per split keeps the last CTA's merge short. Each split gets at
- * least `minPages` pages. Cost in units of one unit's work spread over the whole GPU.
+ * full one), and every wave has a fixed cost (0.5% of a unit's work); each split adds its
+ * partial result (`slotFloats`) to the last CTA's merge, which reads them all. Each split gets
+ * at least `minPages` pages. Cost in units of one unit's work spread over the whole GPU; the
+ * charges are fitted to H200 timings at 32K context: a TinyLlama group (16-head slots) at
+ * batch 1 is fastest with 33-64 splits (132-256 CTAs, 28 us; 23 splits: 34 us; 128: 39 us),
+ * one-head GPT-2 slots at batch 1 with a full wave (33 splits: 53 us; 23: 67 us), while at
+ * batch 8 and 32 more waves of smaller splits only lose (GPT-2 batch 8: 6 splits 292 us, 33
+ * splits 319 us).
  */
-static int chooseSplits(int requested, int units, int maxWork, int minPages, int resident) {
+static int chooseSplits(int requested, int units, int maxWork, int minPages, int resident, int slotFloats) {
   if (requested > 0) return std::min(requested, MAX_DECODE_SPLITS);
   const int cap = std::max(1, std::min(MAX_DECODE_SPLITS, ceilDiv(maxWork, std::max(minPages, 1))));
   int best = 1;
   double bestCost = 1e30;
   for (int s = 1; s <= cap; s++) {
     const double waves = std::ceil((double)units * s / std::max(resident, 1));
-    const double cost = waves / s + s / 512.0;
+    const double cost = waves / s + 0.005 * waves + (double)s * slotFloats / (1 << 21);
     if (cost < bestCost - 1e-12) {
       bestCost = cost;
       best = s;
@@ -165,7 +171,7 @@ void StepPlan::update(const PlanParams& p) {
   const int units = S * numKvHeads * headChunks;
   const KernelInfo dk = denseDecodeKernel(kvDtype, headDim, headsPerCta);
   const int denseTarget = p.targetCtas > 0 ? p.targetCtas : dev.props.multiProcessorCount * occupancy(dk, dk.smemBytes);
-  denseSplits = chooseSplits(p.denseSplits, units, maxPages, p.minPagesPerSplit, denseTarget);
+  denseSplits = chooseSplits(p.denseSplits, units, maxPages, p.minPagesPerSplit, denseTarget, decodePartialFloats(headDim, headsPerCta));
   sparseSplits = 1;
   sparseGrid = 0;
   if (hasSparse) {
@@ -184,7 +190,7 @@ void StepPlan::update(const PlanParams& p) {
                           " pages and a group of " + std::to_string(groupSize) + " heads; the GPU allows " + std::to_string(dev.props.sharedMemPerBlockOptin));
     const int resident = dev.props.multiProcessorCount * occupancy(sk, sparseSmem);
     const int sparseTarget = p.targetCtas > 0 ? p.targetCtas : resident;
-    sparseSplits = chooseSplits(p.sparseSplits, units, maxSel, p.minPagesPerSplit, sparseTarget);
+    sparseSplits = chooseSplits(p.sparseSplits, units, maxSel, p.minPagesPerSplit, sparseTarget, decodePartialFloats(headDim, headsPerCta));
     const int pairs = S * numKvHeads;
     // Pages per scoring item: about one item per resident CTA, so that every CTA scores at once
     // (the selection of a pair waits for its slowest chunk), 64 to MAX_SCORE_CHUNK pages.
