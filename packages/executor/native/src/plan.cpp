@@ -10,7 +10,7 @@ namespace ts {
 
 constexpr int SCORE_CHUNK = 64;  // fewest pages per scoring item: one load round per warp
 
-static int occupancy(const KernelInfo& k, int smem) {
+int occupancy(const KernelInfo& k, int smem) {
   prepareKernel(k, smem);
   int blocks = 0;
   TS_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, k.threads, smem));
@@ -23,7 +23,7 @@ static int occupancy(const KernelInfo& k, int smem) {
  * full one); a small charge per split keeps the last CTA's merge short. Each split gets at
  * least `minPages` pages. Cost in units of one unit's work spread over the whole GPU.
  */
-static int chooseSplits(int requested, int units, int maxWork, int minPages, int resident) {
+int chooseSplits(int requested, int units, int maxWork, int minPages, int resident) {
   if (requested > 0) return std::min(requested, MAX_DECODE_SPLITS);
   const int cap = std::max(1, std::min(MAX_DECODE_SPLITS, ceilDiv(maxWork, std::max(minPages, 1))));
   int best = 1;
@@ -102,6 +102,9 @@ void StepPlan::update(const PlanParams& p) {
   decodeOnly = decode;
   hasSparse = !p.topK.empty();
   sinkPages = p.sinkPages;
+  hostQueryIndptr = qIndptr;
+  hostPageCounts.resize(S);
+  for (int s = 0; s < S; s++) hostPageCounts[s] = p.pageIndptr[s + 1] - p.pageIndptr[s];
 
   // Token placement, runs of tokens sharing a page, prefill blocks.
   std::vector<int> tPage(numTokens), tSlot(numTokens), tPos(numTokens), runs;
@@ -232,6 +235,9 @@ void StepPlan::release() {
   selected.release();
   selectedPhys.release();
   selectedCount.release();
+  lists.release();
+  hostPageCounts.clear();
+  hostQueryIndptr.clear();
 }
 
 }  // namespace ts
