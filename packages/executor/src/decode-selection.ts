@@ -1,6 +1,7 @@
 import { ConfigError } from '@tinyserve/core';
 import type { ForwardParams, KvLayout, SelectionConfig, StepSelectionStats } from '@tinyserve/core';
 import {
+  SelectionStatsCollector,
   attentionMassRecall,
   createSelectionPolicy,
   denseSelection,
@@ -11,15 +12,16 @@ import {
 import type {
   GqaAggregation,
   HeadSelection,
+  PageMetadataLayer,
   SelectPagesParams,
   SelectPagesResult,
   SelectionPolicy,
-  SelectionStatsCollector,
+  SelectionStatsOptions,
+  SelectionStatsSnapshot,
 } from '@tinyserve/kv-retriever';
 import type { ForwardPlan } from './forward-plan.js';
 import type { PageSelection } from './kernels/paged-attention-cpu.js';
 import type { StepPageSelector } from './kernels/register-kernels.js';
-import type { PagedKvCache } from './kv-cache.js';
 
 /** Settings of decode-time selection beyond core's `SelectionConfig`. */
 export interface SelectionOptions {
@@ -68,6 +70,28 @@ export class DecodeSelector {
   }
 }
 
+/** One sequence's keys decoded to fp32 in a layout of just its pages (ids 0..n-1). */
+export interface CompactKeys {
+  layout: KvLayout;
+  kCache: Float32Array;
+  pages: Int32Array;
+}
+
+/**
+ * Where the policies and the recall measurement read keys and page metadata: the executor's KV
+ * cache, on the host (`PagedKvCache`) or on the device (`CudaKvCache`, which downloads what is
+ * asked for).
+ */
+export interface SelectionKvSource {
+  readonly layout: KvLayout;
+  /** This layer's page metadata on the host. Read only by policies that rank by it themselves. */
+  metadataLayer(layer: number): PageMetadataLayer;
+  /** This layer's keys as fp32 in the cache layout when the host holds them so (fp32 host caches); else null. */
+  hostKeys(layer: number): Float32Array | null;
+  /** One sequence's keys at `layer`, decoded to fp32, in a layout of just its pages. */
+  compactKeys(layer: number, pages: Int32Array): CompactKeys;
+}
+
 /** One (decode sequence, layer) selection of the last step, for inspection and evaluation. */
 export interface LayerSelectionRecord {
   seqId: number;
@@ -113,17 +137,19 @@ export class StepSelection implements StepPageSelector {
   private readonly layout: KvLayout;
   private readonly metadataBefore: number;
   private readonly emptyHeads: HeadSelection;
+  /** Metadata layers fetched for policies that read it (downloads, on device caches). */
+  private readonly metadataRead = new Map<number, PageMetadataLayer>();
 
   constructor(
     private readonly selector: DecodeSelector,
     plan: ForwardPlan,
     params: ForwardParams,
-    private readonly cache: PagedKvCache,
+    private readonly source: SelectionKvSource,
     private readonly collector: SelectionStatsCollector,
     private readonly numQHeads: number,
     private readonly scale: number,
   ) {
-    this.layout = cache.layout;
+    this.layout = source.layout;
     this.numSeqs = plan.numSeqs;
     this.fused = selector.config.useFusedKernel;
     const { pageSize, numKvHeads } = this.layout;
@@ -165,7 +191,7 @@ export class StepSelection implements StepPageSelector {
    */
   score(layer: number, queries: Float32Array, out: Float32Array): void {
     const qRow = this.numQHeads * this.layout.headDim;
-    const metadata = this.cache.metadataLayer(layer);
+    const metadata = this.metadata(layer);
     for (const d of this.decode) {
       if (!this.needsScoresFor(layer, d)) continue;
       scorePages({
@@ -181,6 +207,16 @@ export class StepSelection implements StepPageSelector {
   }
 
   /**
+   * The decode sequences `layer` scores pages for, for kernels that score them elsewhere (a
+   * GPU): their batch indices and the offsets of their `[numKvHeads, numPages]` blocks in the
+   * score buffer.
+   */
+  scoreTargets(layer: number): { seqs: Int32Array; offsets: Int32Array } {
+    const chosen = this.decode.filter((d) => this.needsScoresFor(layer, d));
+    return { seqs: Int32Array.from(chosen, (d) => d.s), offsets: Int32Array.from(chosen, (d) => d.scoreOffset) };
+  }
+
+  /**
    * Chooses the pages of every decode sequence at `layer` through the policy object, records
    * the statistics (and recall when asked for), and returns the kernel's page lists.
    * `scores` must be {@link score}'s output when {@link needsScores} says so.
@@ -189,7 +225,6 @@ export class StepSelection implements StepPageSelector {
     const { numKvHeads, headDim } = this.layout;
     const qRow = this.numQHeads * headDim;
     const policy = this.selector.policy;
-    const fp32 = this.cache.dtype === 'fp32';
     const selections: HeadSelection[] = new Array<HeadSelection>(this.numSeqs).fill(this.emptyHeads);
     const sparse = new Uint8Array(this.numSeqs);
     for (const d of this.decode) {
@@ -202,32 +237,51 @@ export class StepSelection implements StepPageSelector {
         numTokens: d.numTokens,
         query,
         numQHeads: this.numQHeads,
-        metadata: this.cache.metadataLayer(layer),
         scale: this.scale,
         seqId: d.seqId,
       };
       if (scored) params.scores = scores.subarray(d.scoreOffset, d.scoreOffset + numKvHeads * d.pages.length);
-      if (fp32) {
-        params.kCache = this.cache.keys[layer] as Float32Array;
-      } else if (policy.name === 'oracle') {
+      const keys = this.source.hostKeys(layer);
+      if (keys !== null) params.kCache = keys;
+      if (keys === null && policy.name === 'oracle') {
         // The oracle reads fp32 keys: give it the sequence's pages decoded into a compact buffer.
-        const compact = this.compactKeys(layer, d.pages);
-        Object.assign(params, compact);
-        delete params.metadata;
+        Object.assign(params, this.source.compactKeys(layer, d.pages));
+      } else {
+        // Fetched only if the policy reads it (quest is given its scores; a device cache downloads).
+        Object.defineProperty(params, 'metadata', { get: () => this.metadata(layer), enumerable: true, configurable: true });
       }
       const result = policy.select(params);
-      this.collector.recordSelection({ selection: result, numTokens: d.numTokens, readMetadata: scored });
-      let recall: number | null = null;
-      if (this.selector.options.measureRecall) {
-        recall = result.dense ? 1 : this.recall(layer, d, query, result);
-        this.collector.recordRecall(Math.min(recall, 1));
-      }
-      this.records.push({ seqId: d.seqId, layer, numTokens: d.numTokens, pages: d.pages, selection: result, scored, recall });
+      this.record(layer, d, result, scored, query);
       selections[d.s] = result;
       sparse[d.s] = 1;
     }
     const packed = packSelections(selections);
     return { sparse, indptr: packed.selectedIndptr, pages: packed.selectedPages };
+  }
+
+  /**
+   * Records the choice of `layer` made elsewhere (a fused GPU launch running the policy):
+   * `chosen(s, numPages)` returns decode sequence `s`'s selection (batch index, as in the step).
+   * `queries` are the step's rotated queries, needed when recall is measured.
+   */
+  recordChosen(layer: number, chosen: (s: number, numPages: number) => SelectPagesResult, queries: Float32Array | null): void {
+    const qRow = this.numQHeads * this.layout.headDim;
+    if (this.selector.options.measureRecall && queries === null) throw new Error('recordChosen: measuring recall needs the queries');
+    for (const d of this.decode) {
+      const query = queries === null ? new Float32Array(0) : queries.subarray(d.t * qRow, (d.t + 1) * qRow);
+      this.record(layer, d, chosen(d.s, d.pages.length), this.needsScoresFor(layer, d), query);
+    }
+  }
+
+  /** Statistics, recall and the record of one (sequence, layer) choice. */
+  private record(layer: number, d: DecodeSeq, result: SelectPagesResult, scored: boolean, query: Float32Array): void {
+    this.collector.recordSelection({ selection: result, numTokens: d.numTokens, readMetadata: scored });
+    let recall: number | null = null;
+    if (this.selector.options.measureRecall) {
+      recall = result.dense ? 1 : this.recall(layer, d, query, result);
+      this.collector.recordRecall(Math.min(recall, 1));
+    }
+    this.records.push({ seqId: d.seqId, layer, numTokens: d.numTokens, pages: d.pages, selection: result, scored, recall });
   }
 
   /** Counts a layer where every decode sequence reads all its pages. */
@@ -253,27 +307,67 @@ export class StepSelection implements StepPageSelector {
 
   private recall(layer: number, d: DecodeSeq, query: Float32Array, selection: SelectPagesResult): number {
     const base = { numQHeads: this.numQHeads, query, numTokens: d.numTokens, scale: this.scale, selection };
-    if (this.cache.dtype === 'fp32') {
-      return attentionMassRecall({ ...base, layout: this.layout, kCache: this.cache.keys[layer] as Float32Array, pages: d.pages }).recall;
-    }
-    return attentionMassRecall({ ...base, ...this.compactKeys(layer, d.pages) }).recall;
+    const keys = this.source.hostKeys(layer);
+    if (keys !== null) return attentionMassRecall({ ...base, layout: this.layout, kCache: keys, pages: d.pages }).recall;
+    return attentionMassRecall({ ...base, ...this.source.compactKeys(layer, d.pages) }).recall;
   }
 
-  /** One sequence's keys decoded to fp32 in a layout of just its pages (ids 0..n-1). */
-  private compactKeys(layer: number, pages: Int32Array): { layout: KvLayout; kCache: Float32Array; pages: Int32Array } {
-    const { pageSize, numKvHeads, headDim } = this.layout;
-    const row = numKvHeads * headDim;
-    const kCache = new Float32Array(pages.length * pageSize * row);
-    for (let i = 0; i < pages.length; i++) {
-      for (let slot = 0; slot < pageSize; slot++) {
-        const off = (i * pageSize + slot) * row;
-        this.cache.storage.readKey(layer, pages[i], slot, kCache.subarray(off, off + row));
-      }
-    }
-    return {
-      layout: { ...this.layout, numPages: pages.length },
-      kCache,
-      pages: Int32Array.from({ length: pages.length }, (_, i) => i),
-    };
+  private metadata(layer: number): PageMetadataLayer {
+    let m = this.metadataRead.get(layer);
+    if (m === undefined) this.metadataRead.set(layer, (m = this.source.metadataLayer(layer)));
+    return m;
+  }
+}
+
+/**
+ * The selection state an executor keeps across steps: the policy in force (switchable between
+ * steps), the statistics collector and the last step's records. The tfjs and cuda executors
+ * both delegate their selection API to one.
+ */
+export class ExecutorSelection {
+  private current: DecodeSelector;
+  private readonly collector: SelectionStatsCollector;
+  private readonly pageSize: number;
+  private last: LayerSelectionRecord[] = [];
+
+  /** `stats` describes the KV format the statistics count bytes in. */
+  constructor(selector: DecodeSelector, stats: SelectionStatsOptions) {
+    this.current = selector;
+    this.pageSize = stats.pageSize;
+    this.collector = new SelectionStatsCollector(stats);
+  }
+
+  /** The validated selection in force. */
+  get selector(): DecodeSelector {
+    return this.current;
+  }
+
+  /** Switches policy and options (validated at once; the old selection stays on error). */
+  set(config: SelectionConfig, options: SelectionOptions = {}): void {
+    this.current = new DecodeSelector(config, this.pageSize, options);
+  }
+
+  stats(): SelectionStatsSnapshot {
+    return this.collector.snapshot();
+  }
+
+  resetStats(): void {
+    this.collector.reset();
+  }
+
+  /** Every (decode sequence, layer) selection of the last finished step, in layer order. */
+  lastSelections(): readonly LayerSelectionRecord[] {
+    return this.last;
+  }
+
+  /** The selection work of one step under the selection in force now. */
+  beginStep(plan: ForwardPlan, params: ForwardParams, source: SelectionKvSource, numQHeads: number, scale: number): StepSelection {
+    return new StepSelection(this.current, plan, params, source, this.collector, numQHeads, scale);
+  }
+
+  /** Closes the step: its records become the last selections (sorted by layer; stable); returns its counters. */
+  endStep(step: StepSelection): StepSelectionStats {
+    this.last = [...step.records].sort((a, b) => a.layer - b.layer);
+    return step.finish();
   }
 }

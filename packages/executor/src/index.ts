@@ -1,7 +1,8 @@
 export { createExecutor, executorBackends } from './executor-registry.js';
 export { TfjsExecutor } from './tfjs-executor.js';
-export { DecodeSelector, StepSelection } from './decode-selection.js';
-export type { SelectionOptions, LayerSelectionRecord } from './decode-selection.js';
+export { DecodeSelector, StepSelection, ExecutorSelection } from './decode-selection.js';
+export type { SelectionOptions, LayerSelectionRecord, SelectionKvSource, CompactKeys } from './decode-selection.js';
+export { checkExecutorOptions } from './executor-options.js';
 export { PagedKvCache } from './kv-cache.js';
 export { planForward } from './forward-plan.js';
 export type { ForwardLimits, ForwardPlan } from './forward-plan.js';
@@ -9,7 +10,7 @@ export { TFJS_BACKENDS, initTfjsBackend, activateTfjsBackend, runExclusive } fro
 export type { TfjsBackendName } from './tfjs-backend.js';
 export { prepareWeights, checkModelConfig, graphWeightBytes } from './model-weights.js';
 export type { PreparedWeights, LayerWeights, LinearWeights, NormWeights } from './model-weights.js';
-export { pagedAttention, appendKvToPages, attendOverPages, rotateQueries } from './kernels/paged-attention-cpu.js';
+export { pagedAttention, appendKvToPages, attendOverPages, rotateQueries, checkPageSelection } from './kernels/paged-attention-cpu.js';
 export type { PagedAttentionParams, AttentionStatsSink, PageSelection, KvBuffer } from './kernels/paged-attention-cpu.js';
 export { computeRopeTables, rotateHead } from './kernels/rope.js';
 export type { RopeTables } from './kernels/rope.js';
@@ -57,10 +58,12 @@ export type {
   RebuildMetadataArgs,
   RandomFillArgs,
   CopyTokensArgs,
+  PageScoreArgs,
+  SelectedDecodeArgs,
 } from './cuda/addon-types.js';
 export { CudaKvCache, quantizeKvRows, dequantizeKvRows } from './cuda/cuda-kv-cache.js';
 export type { CudaKvCacheOptions, CudaKvDtype, CudaKvLayerBuffers, CudaMetaDtype } from './cuda/cuda-kv-cache.js';
-export { CudaStepPlan, trimPageTable, selectionTopK } from './cuda/step-plan.js';
+export { CudaStepPlan, trimPageTable, selectionTopK, selectionRowPages } from './cuda/step-plan.js';
 export { CudaBackend } from './cuda/cuda-backend.js';
 export { CUDA_BACKEND_NAME, CUDA_KERNEL_NAMES, registerCudaKernels, broadcastShape, broadcastStrides } from './cuda/cuda-kernels.js';
 export { CudaExecutor, activateCudaBackend } from './cuda/cuda-executor.js';

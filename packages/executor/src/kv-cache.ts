@@ -9,8 +9,8 @@ import {
   updatePageMetadata,
 } from '@tinyserve/kv-retriever';
 import type { PageMetadataLayer } from '@tinyserve/kv-retriever';
+import type { CompactKeys, SelectionKvSource } from './decode-selection.js';
 import type { KvBuffer } from './kernels/paged-attention-cpu.js';
-
 
 /**
  * The paged KV cache of one executor: per layer one K and one V buffer in the token-major
@@ -20,7 +20,7 @@ import type { KvBuffer } from './kernels/paged-attention-cpu.js';
  * so that the bound holds for what attention reads. Pages are handed out by the
  * kv-retriever's block pool; the cache only stores them.
  */
-export class PagedKvCache {
+export class PagedKvCache implements SelectionKvSource {
   readonly layout: KvLayout;
   readonly dtype: KvCacheDtype;
   readonly storage: KvCacheStorage;
@@ -74,6 +74,25 @@ export class PagedKvCache {
 
   metadataLayer(layer: number): PageMetadataLayer {
     return this.metadata.layer(layer);
+  }
+
+  /** The layer's K buffer itself when it is fp32; null for fp16 and int8. */
+  hostKeys(layer: number): Float32Array | null {
+    return this.dtype === 'fp32' ? (this.storage.keys[layer] as Float32Array) : null;
+  }
+
+  /** One sequence's keys at `layer` decoded to fp32, in a layout of just its pages (ids 0..n-1). */
+  compactKeys(layer: number, pages: Int32Array): CompactKeys {
+    const { pageSize, numKvHeads, headDim } = this.layout;
+    const row = numKvHeads * headDim;
+    const kCache = new Float32Array(pages.length * pageSize * row);
+    for (let i = 0; i < pages.length; i++) {
+      for (let slot = 0; slot < pageSize; slot++) {
+        const off = (i * pageSize + slot) * row;
+        this.storage.readKey(layer, pages[i], slot, kCache.subarray(off, off + row));
+      }
+    }
+    return { layout: { ...this.layout, numPages: pages.length }, kCache, pages: Int32Array.from({ length: pages.length }, (_, i) => i) };
   }
 
   /**

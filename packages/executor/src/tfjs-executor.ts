@@ -12,10 +12,11 @@ import type {
   ModelConfig,
   SelectionConfig,
 } from '@tinyserve/core';
-import { KV_CACHE_DTYPES, SelectionStatsCollector } from '@tinyserve/kv-retriever';
+import { KV_CACHE_DTYPES } from '@tinyserve/kv-retriever';
 import type { SelectionStatsSnapshot } from '@tinyserve/kv-retriever';
-import { DecodeSelector, StepSelection } from './decode-selection.js';
-import type { LayerSelectionRecord, SelectionOptions } from './decode-selection.js';
+import { ExecutorSelection } from './decode-selection.js';
+import type { DecodeSelector, LayerSelectionRecord, SelectionOptions } from './decode-selection.js';
+import { checkExecutorOptions } from './executor-options.js';
 import { planForward } from './forward-plan.js';
 import type { ForwardLimits, ForwardPlan } from './forward-plan.js';
 import type { AttentionStatsSink } from './kernels/paged-attention-cpu.js';
@@ -28,25 +29,13 @@ import { graphWeightBytes, prepareWeights } from './model-weights.js';
 import { activateTfjsBackend, initTfjsBackend, runExclusive } from './tfjs-backend.js';
 import type { TfjsBackendName } from './tfjs-backend.js';
 
-function positiveInt(field: string, value: unknown): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
-    throw new ConfigError(field, `must be a positive integer, got ${String(value)}`);
-  }
-  return value;
-}
-
 /** Checks the options; returns the validated selection (policy object built, so its errors surface here). */
 function checkOptions(options: ExecutorOptions, selectionOptions: SelectionOptions): DecodeSelector {
-  if (options === null || typeof options !== 'object' || options.model === undefined) {
-    throw new ConfigError('model', 'ExecutorOptions.model is required');
-  }
-  positiveInt('pageSize', options.pageSize);
-  positiveInt('numKvPages', options.numKvPages);
-  positiveInt('attentionChunkSize', options.attentionChunkSize);
-  if (!KV_CACHE_DTYPES.includes(options.kvCacheDtype)) {
-    throw new ConfigError('kvCacheDtype', `must be one of ${KV_CACHE_DTYPES.map((d) => `'${d}'`).join(', ')}, got '${String(options.kvCacheDtype)}'`);
-  }
-  return new DecodeSelector(options.selection, options.pageSize, selectionOptions);
+  return checkExecutorOptions(options, selectionOptions, () => {
+    if (!KV_CACHE_DTYPES.includes(options.kvCacheDtype)) {
+      throw new ConfigError('kvCacheDtype', `must be one of ${KV_CACHE_DTYPES.map((d) => `'${d}'`).join(', ')}, got '${String(options.kvCacheDtype)}'`);
+    }
+  });
 }
 
 const GIB = 2 ** 30;
@@ -92,9 +81,7 @@ export class TfjsExecutor implements Executor {
   private readonly embed: Float32Array;
   private readonly positions: Float32Array | null;
   private readonly limits: ForwardLimits;
-  private readonly collector: SelectionStatsCollector;
-  private selector: DecodeSelector;
-  private lastSelections: LayerSelectionRecord[] = [];
+  private readonly selectionState: ExecutorSelection;
   private graph: GraphWeights | null;
 
   private constructor(
@@ -112,7 +99,6 @@ export class TfjsExecutor implements Executor {
     this.numKvPages = options.numKvPages;
     this.kvCacheDtype = options.kvCacheDtype;
     this.attentionChunkSize = options.attentionChunkSize;
-    this.selector = selector;
     this.graph = graph;
     this.embed = embed;
     this.positions = positions;
@@ -127,7 +113,7 @@ export class TfjsExecutor implements Executor {
       options.kvCacheDtype,
     );
     this.kvBytesPerPage = this.kvCache.bytesPerPage;
-    this.collector = new SelectionStatsCollector({ pageSize: options.pageSize, headDim: config.headDim, dtype: options.kvCacheDtype });
+    this.selectionState = new ExecutorSelection(selector, { pageSize: options.pageSize, headDim: config.headDim, dtype: options.kvCacheDtype });
     this.limits = {
       vocabSize: config.vocabSize,
       pageSize: options.pageSize,
@@ -161,12 +147,12 @@ export class TfjsExecutor implements Executor {
 
   /** The selection configuration in force. */
   get selection(): Readonly<SelectionConfig> {
-    return this.selector.config;
+    return this.selectionState.selector.config;
   }
 
   /** The settings beyond `SelectionConfig` in force. */
   get selectionOptions(): Readonly<SelectionOptions> {
-    return this.selector.options;
+    return this.selectionState.selector.options;
   }
 
   /**
@@ -179,7 +165,7 @@ export class TfjsExecutor implements Executor {
    */
   setSelection(config: SelectionConfig, options: SelectionOptions = {}): void {
     this.live();
-    this.selector = new DecodeSelector(config, this.pageSize, options);
+    this.selectionState.set(config, options);
   }
 
   /**
@@ -190,16 +176,16 @@ export class TfjsExecutor implements Executor {
    * `metadataBytesRead`.
    */
   getSelectionStats(): SelectionStatsSnapshot {
-    return this.collector.snapshot();
+    return this.selectionState.stats();
   }
 
   resetSelectionStats(): void {
-    this.collector.reset();
+    this.selectionState.resetStats();
   }
 
-  /** Every (decode sequence, layer) page selection of the last step, dense layers included. */
+  /** Every (decode sequence, layer) page selection of the last step, dense layers included, in layer order. */
   getLastSelections(): readonly LayerSelectionRecord[] {
-    return this.lastSelections;
+    return this.selectionState.lastSelections();
   }
 
   /**
@@ -223,7 +209,7 @@ export class TfjsExecutor implements Executor {
     const ps = this.pageSize;
     const scale = 1 / Math.sqrt(cfg.headDim);
     const statsSinks = params.collectAttentionStats ? makeStatsSinks(plan, params, cfg.numLayers) : null;
-    const selection = new StepSelection(this.selector, plan, params, cache, this.collector, cfg.numHeads, scale);
+    const selection = this.selectionState.beginStep(plan, params, cache, cfg.numHeads, scale);
     const pageOf = (s: number, pos: number) => params.pageIndices[params.pageIndptr[s] + Math.floor(pos / ps)];
     // Keep each page's boxes exactly over the keys it will hold (see PagedKvCache.prepareAppend).
     for (let s = 0; s < plan.numSeqs; s++) cache.prepareAppend(pageOf(s, params.startPos[s]), params.startPos[s] % ps);
@@ -268,8 +254,7 @@ export class TfjsExecutor implements Executor {
       }
     }
 
-    this.lastSelections = selection.records;
-    const result: ForwardResult = { logits, logitsIndptr: plan.logitsIndptr, selection: selection.finish() };
+    const result: ForwardResult = { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionState.endStep(selection) };
     if (statsSinks) result.attention = collectStats(statsSinks, params.seqIds);
     return result;
   }

@@ -10,7 +10,7 @@
 
 namespace ts {
 
-static constexpr int ABI_VERSION = 1;
+static constexpr int ABI_VERSION = 2;
 static const napi_type_tag BLOCK_TAG = {0x54696e7953727665ULL, 0x44657642756666ULL};
 static const napi_type_tag PLAN_TAG = {0x54696e7953727665ULL, 0x53746570506c616eULL};
 
@@ -379,6 +379,191 @@ static napi_value readSelection(napi_env env, napi_callback_info info) {
   return o;
 }
 
+/**
+ * copySelection(plan, { dst, dstOffset, rowPages? }): queues a copy of the last fused sparse
+ * launch's selection into dst (int32 elements): the counts [numSeqs * numKvHeads], then the
+ * first `rowPages` (default maxPages) entries of each row of logical pages, rows packed. Lets a
+ * step keep every layer's selection on the device and read them all once at its end; the caller
+ * bounds the counts by rowPages (the plan's top-K and forced pages do).
+ */
+static napi_value copySelection(napi_env env, napi_callback_info info) {
+  StepPlan* plan = planOf(env, arg(env, info, 0));
+  napi_value o = arg(env, info, 1);
+  if (!plan->hasSparse) throw ArgError("copySelection: the plan has no sparse selection");
+  const long rowPages = integer(env, o, "rowPages", plan->maxPages);
+  if (rowPages < 1 || rowPages > plan->maxPages)
+    throw ArgError("rowPages: must be in [1, maxPages = " + std::to_string(plan->maxPages) + "], got " + std::to_string(rowPages));
+  const long pairs = (long)plan->numSeqs * plan->numKvHeads;
+  char* dst = bufferArg(env, o, "dst", pairs + pairs * rowPages, 4);
+  if (pairs == 0) return undefinedValue(env);
+  TS_CUDA(cudaMemcpyAsync(dst, plan->selectedCount.ptr, pairs * 4, cudaMemcpyDeviceToDevice, stream()));
+  TS_CUDA(cudaMemcpy2DAsync(dst + pairs * 4, rowPages * 4, plan->selected.ptr, (size_t)plan->maxPages * 4, rowPages * 4, pairs,
+                            cudaMemcpyDeviceToDevice, stream()));
+  return undefinedValue(env);
+}
+
+/**
+ * The query rows of `seqs` (the "seqs" field): distinct sequences of the plan, each with exactly
+ * one new token this step (page lists and page scores are for decode queries).
+ */
+static std::vector<int> itemRows(const StepPlan& plan, const std::vector<int>& seqs) {
+  std::vector<int> rows(seqs.size());
+  std::vector<char> seen(plan.numSeqs, 0);
+  for (size_t i = 0; i < seqs.size(); i++) {
+    const std::string field = "seqs[" + std::to_string(i) + "]";
+    const int s = seqs[i];
+    if (s < 0 || s >= plan.numSeqs) throw ArgError(field + ": must be a sequence of the plan, in [0, " + std::to_string(plan.numSeqs) + "), got " + std::to_string(s));
+    if (seen[s]) throw ArgError(field + ": sequence " + std::to_string(s) + " is listed twice");
+    seen[s] = 1;
+    const int c = plan.hostQueryIndptr[s + 1] - plan.hostQueryIndptr[s];
+    if (c != 1) throw ArgError(field + ": sequence " + std::to_string(s) + " has " + std::to_string(c) + " new tokens this step; only single decode tokens take page lists");
+    rows[i] = plan.hostQueryIndptr[s];
+  }
+  return rows;
+}
+
+/** Uploads the concatenated lists into the plan's list scratch (stream-ordered after earlier readers). */
+static int* uploadLists(StepPlan* plan, const std::vector<int>& host) {
+  int* d = static_cast<int*>(plan->lists.ensure(std::max<size_t>(host.size(), 1) * 4, false));
+  if (!host.empty()) TS_CUDA(cudaMemcpyAsync(d, host.data(), host.size() * 4, cudaMemcpyHostToDevice, stream()));
+  return d;
+}
+
+/** Row stride of a [numTokens, numQHeads * headDim] fp32 operand (field `name`), at least one row. */
+static long rowStride(napi_env env, napi_value o, const char* name, const StepPlan& plan) {
+  const long hd = (long)plan.numQHeads * plan.headDim;
+  const long st = integer(env, o, name, hd);
+  if (st < hd) throw ArgError(std::string(name) + ": must be at least numQHeads * headDim = " + std::to_string(hd) + ", got " + std::to_string(st));
+  return st;
+}
+
+/**
+ * pageScore(plan, { q, qStride?, metaMin, metaMax, metaDtype?, aggregateSum?, out, seqs, outOffsets }):
+ * Quest scores of sequence seqs[i]'s pages for its decode query, [numKvHeads, its pages] at
+ * out[outOffsets[i]..], bit-identical to the TypeScript `scorePages`.
+ */
+static napi_value pageScore(napi_env env, napi_callback_info info) {
+  StepPlan* plan = planOf(env, arg(env, info, 0));
+  napi_value o = arg(env, info, 1);
+  const std::vector<int> seqs = int32Array(env, prop(env, o, "seqs"), "seqs");
+  const std::vector<int> offs = int32Array(env, prop(env, o, "outOffsets"), "outOffsets");
+  if (offs.size() != seqs.size()) throw ArgError("outOffsets: must have one entry per entry of seqs (" + std::to_string(seqs.size()) + "), got " + std::to_string(offs.size()));
+  const std::vector<int> rows = itemRows(*plan, seqs);
+  long outNeed = 0;
+  int maxPages = 0;
+  for (size_t i = 0; i < seqs.size(); i++) {
+    if (offs[i] < 0) throw ArgError("outOffsets[" + std::to_string(i) + "]: must be non-negative, got " + std::to_string(offs[i]));
+    const int np = plan->hostPageCounts[seqs[i]];
+    outNeed = std::max(outNeed, (long)offs[i] + (long)np * plan->numKvHeads);
+    maxPages = std::max(maxPages, np);
+  }
+  PageScoreArgs a{};
+  a.numItems = (int)seqs.size();
+  a.numKvHeads = plan->numKvHeads;
+  a.headDim = plan->headDim;
+  a.groupSize = plan->groupSize;
+  a.qStride = rowStride(env, o, "qStride", *plan);
+  const long hd = (long)plan->numQHeads * plan->headDim;
+  a.q = reinterpret_cast<const float*>(bufferArg(env, o, "q", plan->numTokens ? (plan->numTokens - 1) * a.qStride + hd : 0, 4));
+  a.metaDtype = (int)integer(env, o, "metaDtype", 0);
+  if (a.metaDtype != META_F32 && a.metaDtype != META_F16) throw ArgError("metaDtype: must be 0 (fp32) or 1 (fp16)");
+  const long metaElems = plan->kvPoolElems / std::max(plan->pageSize, 1);
+  a.metaMin = bufferArg(env, o, "metaMin", metaElems, a.metaDtype == META_F16 ? 2 : 4);
+  a.metaMax = bufferArg(env, o, "metaMax", metaElems, a.metaDtype == META_F16 ? 2 : 4);
+  a.out = reinterpret_cast<float*>(bufferArg(env, o, "out", outNeed, 4));
+  a.aggregateSum = flag(env, o, "aggregateSum") ? 1 : 0;
+  if (seqs.empty()) return undefinedValue(env);
+  if ((long)a.numItems * a.numKvHeads > 65535) throw ArgError("seqs: seqs.length * numKvHeads must be at most 65535");
+  std::vector<int> host(seqs);
+  host.insert(host.end(), rows.begin(), rows.end());
+  host.insert(host.end(), offs.begin(), offs.end());
+  const int* d = uploadLists(plan, host);
+  a.itemSeq = d;
+  a.itemRow = d + seqs.size();
+  a.itemOut = d + 2 * seqs.size();
+  a.pageIndptr = plan->pageIndptr;
+  a.pageIndices = plan->pageIndices;
+  launchPageScore(a, maxPages, stream());
+  return undefinedValue(env);
+}
+
+/**
+ * decodeSelected(plan, { q, qStride?, k, v, kScale?, vScale? (int8), out, outStride?, scale?, seqs, indptr, pages, splits? }):
+ * attention of sequence seqs[i]'s decode query over, per KV head j, the logical pages
+ * pages[indptr[i * numKvHeads + j] .. indptr[i * numKvHeads + j + 1]) (ascending); rows of
+ * other sequences in `out` are left alone. `splits` (optional) fixes the split count.
+ */
+static napi_value decodeSelected(napi_env env, napi_callback_info info) {
+  StepPlan* plan = planOf(env, arg(env, info, 0));
+  napi_value o = arg(env, info, 1);
+  const std::vector<int> seqs = int32Array(env, prop(env, o, "seqs"), "seqs");
+  const std::vector<int> indptr = int32Array(env, prop(env, o, "indptr"), "indptr");
+  const std::vector<int> pages = int32Array(env, prop(env, o, "pages"), "pages");
+  const std::vector<int> rows = itemRows(*plan, seqs);
+  const int H = plan->numKvHeads;
+  const size_t lists = seqs.size() * H;
+  if (indptr.size() != lists + 1 || indptr[0] != 0 || indptr[lists] != (int)pages.size())
+    throw ArgError("indptr: must be [seqs.length * numKvHeads + 1] = " + std::to_string(lists + 1) + " offsets from 0 to pages.length");
+  int maxCount = 0;
+  for (size_t i = 0; i < seqs.size(); i++) {
+    const int np = plan->hostPageCounts[seqs[i]];
+    for (int j = 0; j < H; j++) {
+      const size_t l = i * H + j;
+      const int lo = indptr[l], hi = indptr[l + 1];
+      if (hi < lo) throw ArgError("indptr[" + std::to_string(l + 1) + "]: must be non-decreasing");
+      maxCount = std::max(maxCount, hi - lo);
+      for (int k = lo; k < hi; k++)
+        if (pages[k] < 0 || pages[k] >= np || (k > lo && pages[k] <= pages[k - 1]))
+          throw ArgError("pages[" + std::to_string(k) + "]: must be ascending logical pages in [0, " + std::to_string(np) + ") of sequence " +
+                         std::to_string(seqs[i]) + ", got " + std::to_string(pages[k]));
+    }
+  }
+  const long requested = integer(env, o, "splits", 0);
+  if (requested < 0) throw ArgError("splits: must be 0 (auto) or positive, got " + std::to_string(requested));
+  const long hd = (long)plan->numQHeads * plan->headDim;
+  const long qStride = rowStride(env, o, "qStride", *plan), outStride = rowStride(env, o, "outStride", *plan);
+  const long lastRow = std::max(0, plan->numTokens - 1);
+  const float* q = reinterpret_cast<const float*>(bufferArg(env, o, "q", plan->numTokens ? lastRow * qStride + hd : 0, 4));
+  float* out = reinterpret_cast<float*>(bufferArg(env, o, "out", plan->numTokens ? lastRow * outStride + hd : 0, 4));
+  const void* kc = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
+  const void* vc = bufferArg(env, o, "v", plan->kvPoolElems, kvBytes(*plan));
+  float *ks, *vs;
+  scaleArgs(env, o, *plan, &ks, &vs);
+  const float scaleLog2 = (float)(num(env, o, "scale", 1.0 / std::sqrt((double)plan->headDim)) * 1.4426950408889634);
+  if (seqs.empty()) return undefinedValue(env);
+
+  const KernelInfo k = selectedDecodeKernel(plan->kvDtype, plan->headDim, plan->headsPerCta);
+  const int units = (int)seqs.size() * H * plan->headChunks;
+  const int resident = device().props.multiProcessorCount * occupancy(k, k.smemBytes);
+  const int splits = chooseSplits((int)std::min<long>(requested, MAX_DECODE_SPLITS), units, maxCount, 8, resident,
+                                  decodePartialFloats(plan->headDim, plan->headsPerCta));
+  // Merge counters: the plan's first (numSeqs * numKvHeads * headChunks) >= units, zero between launches.
+  plan->partial.ensure((size_t)units * splits * decodePartialFloats(plan->headDim, plan->headsPerCta) * 4, false);
+  SelectedArgs a{};
+  a.d = plan->decodeArgs(splits);
+  a.d.numSeqs = (int)seqs.size();
+  a.d.q = q;
+  a.d.qStride = qStride;
+  a.d.out = out;
+  a.d.outStride = outStride;
+  a.d.kCache = kc;
+  a.d.vCache = vc;
+  a.d.kScale = ks;
+  a.d.vScale = vs;
+  a.d.scaleLog2 = scaleLog2;
+  std::vector<int> host(seqs);
+  host.insert(host.end(), rows.begin(), rows.end());
+  host.insert(host.end(), indptr.begin(), indptr.end());
+  host.insert(host.end(), pages.begin(), pages.end());
+  const int* d = uploadLists(plan, host);
+  a.itemSeq = d;
+  a.itemRow = d + seqs.size();
+  a.listIndptr = d + 2 * seqs.size();
+  a.listPages = a.listIndptr + indptr.size();
+  launchSelectedDecode(a, plan->kvDtype, stream());
+  return undefinedValue(env);
+}
+
 /** appendKv(plan, { qkv, qkvStride, qOut?, qOutStride, k, v, kScale?, vScale? (int8), metaMin?, metaMax?, metaDtype, rope, ropeTheta }) */
 static napi_value appendKv(napi_env env, napi_callback_info info) {
   StepPlan* plan = planOf(env, arg(env, info, 0));
@@ -734,6 +919,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"decodeDense", nullptr, guarded<decodeDense>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"decodeSparse", nullptr, guarded<decodeSparse>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"readSelection", nullptr, guarded<readSelection>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"copySelection", nullptr, guarded<copySelection>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"pageScore", nullptr, guarded<pageScore>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"decodeSelected", nullptr, guarded<decodeSelected>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"appendKv", nullptr, guarded<appendKv>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"prefill", nullptr, guarded<prefill>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"timeCalls", nullptr, guarded<timeCalls>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

@@ -61,6 +61,40 @@ struct SparseArgs {
   int phases;          // bit 1: score and select, bit 2: attend, 5: score only (benchmark breakdowns); 3 normally
 };
 
+/**
+ * Quest page scores of some of the step's sequences (the policy picks the pages in JavaScript):
+ * item i scores every page of sequence itemSeq[i] for the query at row itemRow[i], into
+ * out[itemOut[i] + kvHead * numPages + page].
+ */
+struct PageScoreArgs {
+  int numItems, numKvHeads, headDim, groupSize;
+  const int* itemSeq;
+  const int* itemRow;
+  const int* itemOut;
+  const int* pageIndptr;  // the plan's page table
+  const int* pageIndices;
+  const float* q;  // query head h of row r at q + r * qStride + h * headDim
+  long qStride;
+  const void* metaMin;  // [numPages, numKvHeads, headDim], fp32 or fp16 (metaDtype)
+  const void* metaMax;
+  int metaDtype;
+  int aggregateSum;  // 0: max over the group's heads, 1: sum
+  float* out;
+};
+
+/**
+ * Decode attention over given page lists: item i is sequence itemSeq[i], its query and output at
+ * row itemRow[i]; its KV head j reads the logical pages listPages[listIndptr[i * numKvHeads + j] ..
+ * listIndptr[i * numKvHeads + j + 1]). `d.numSeqs` counts the items; d's page table is the plan's.
+ */
+struct SelectedArgs {
+  DecodeArgs d;
+  const int* itemSeq;
+  const int* itemRow;
+  const int* listIndptr;
+  const int* listPages;
+};
+
 /** Causal attention of new tokens (prefill chunks, or any mix) over their sequences' pages. */
 struct PrefillArgs {
   int numQHeads, numKvHeads, headDim, pageSize;

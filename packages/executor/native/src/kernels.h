@@ -37,6 +37,15 @@ int sparseDecodeSmem(const KernelInfo& k, int groupSize, int headDim, int maxPag
 /** One cooperative launch: scores, selects, attends, merges. `gridBlocks` from the plan. */
 void launchSparseDecode(const SparseArgs& a, int kvDtype, int gridBlocks, cudaStream_t stream);
 
+/** Quest page scores summed in float64 in the TypeScript reference's order: bit-identical float32 results. */
+void launchPageScore(const PageScoreArgs& a, int maxPages, cudaStream_t stream);
+/** Query heads times head dim a page-score CTA stages in shared memory, at most. */
+int pageScoreMaxQueryFloats();
+
+KernelInfo selectedDecodeKernel(int kvDtype, int headDim, int headsPerCta);
+/** Decode attention over given page lists, split `a.d.numSplits` ways and merged. */
+void launchSelectedDecode(const SelectedArgs& a, int kvDtype, cudaStream_t stream);
+
 bool prefillSupported(int headDim);
 void launchPrefill(const PrefillArgs& a, int kvDtype, cudaStream_t stream);
 /** Query tokens per prefill CTA for a head chunk of `headsPerChunk` heads. */

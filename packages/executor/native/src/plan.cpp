@@ -10,7 +10,7 @@ namespace ts {
 
 constexpr int SCORE_CHUNK = 64;  // fewest pages per scoring item: one load round per warp
 
-static int occupancy(const KernelInfo& k, int smem) {
+int occupancy(const KernelInfo& k, int smem) {
   prepareKernel(k, smem);
   int blocks = 0;
   TS_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, k.fn, k.threads, smem));
@@ -29,7 +29,7 @@ static int occupancy(const KernelInfo& k, int smem) {
  * batch 8 and 32 more waves of smaller splits only lose (GPT-2 batch 8: 6 splits 292 us, 33
  * splits 319 us).
  */
-static int chooseSplits(int requested, int units, int maxWork, int minPages, int resident, int slotFloats) {
+int chooseSplits(int requested, int units, int maxWork, int minPages, int resident, int slotFloats) {
   if (requested > 0) return std::min(requested, MAX_DECODE_SPLITS);
   const int cap = std::max(1, std::min(MAX_DECODE_SPLITS, ceilDiv(maxWork, std::max(minPages, 1))));
   int best = 1;
@@ -109,6 +109,9 @@ void StepPlan::update(const PlanParams& p) {
   decodeOnly = decode;
   hasSparse = !p.topK.empty();
   sinkPages = p.sinkPages;
+  hostQueryIndptr = qIndptr;
+  hostPageCounts.resize(S);
+  for (int s = 0; s < S; s++) hostPageCounts[s] = p.pageIndptr[s + 1] - p.pageIndptr[s];
 
   // Token placement, runs of tokens sharing a page, prefill blocks.
   std::vector<int> tPage(numTokens), tSlot(numTokens), tPos(numTokens), runs;
@@ -239,6 +242,9 @@ void StepPlan::release() {
   selected.release();
   selectedPhys.release();
   selectedCount.release();
+  lists.release();
+  hostPageCounts.clear();
+  hostQueryIndptr.clear();
 }
 
 }  // namespace ts

@@ -9,6 +9,12 @@
 
 namespace ts {
 
+struct KernelInfo;
+/** Resident CTAs per SM of a kernel launched with `smem` bytes of dynamic shared memory. */
+int occupancy(const KernelInfo& k, int smem);
+/** Decode splits per unit (see plan.cpp): `requested` when positive, else whole waves of `resident` CTAs. */
+int chooseSplits(int requested, int units, int maxWork, int minPages, int resident, int slotFloats);
+
 struct PlanParams {
   int numQHeads = 0, numKvHeads = 0, headDim = 0, pageSize = 0, kvDtype = 0;
   /** Pages in the KV pool (bounds check of pageIndices). */
@@ -38,6 +44,10 @@ struct StepPlan {
   long kvPoolElems = 0;
 
   Scratch ints, partial, counters, scores, selected, selectedPhys, selectedCount;
+  /** Item and page lists of the page-score and selected-decode calls (uploaded per call). */
+  Scratch lists;
+  /** Host copies for those calls' argument checks: pages per sequence, new-token rows per sequence. */
+  std::vector<int> hostPageCounts, hostQueryIndptr;
   int *pageIndptr = nullptr, *pageIndices = nullptr, *lastLen = nullptr, *topK = nullptr;
   int *tokenPage = nullptr, *tokenSlot = nullptr, *tokenPos = nullptr, *runStart = nullptr;
   int *blockSeq = nullptr, *blockRow = nullptr, *blockPos = nullptr, *blockCount = nullptr;

@@ -20,7 +20,7 @@ export interface StepPlanHandle {
 }
 
 /** Bumped whenever the addon's calls change incompatibly; the loader refuses a mismatch. */
-export const CUDA_ADDON_ABI_VERSION = 1;
+export const CUDA_ADDON_ABI_VERSION = 2;
 
 /**
  * KV element formats of the kernels. int8 is the kv-retriever's `KvCacheStorage` format with
@@ -129,6 +129,53 @@ export interface SparseLayerArgs extends DecodeLayerArgs {
    * selection only, 3 (default) the whole step.
    */
   phases?: 1 | 2 | 3 | 5;
+}
+
+/**
+ * Quest page scores for decode sequences whose pages a policy picks in JavaScript: sequence
+ * `seqs[i]` (a sequence of the plan with one new token) scores every page of its page table
+ * for its query, `[numKvHeads, its pages]` at `out[outOffsets[i]..]`, bit-identical to the
+ * kv-retriever's `scorePages` on the same metadata (float64 sums in the reference's order).
+ */
+export interface PageScoreArgs {
+  /** Queries, fp32: head h of the step's row r at `qOffset + r * qStride + h * headDim`. */
+  q: DeviceBuffer;
+  qOffset?: number;
+  qStride?: number;
+  /** This layer's page metadata. */
+  metaMin: DeviceBuffer;
+  metaMax: DeviceBuffer;
+  metaDtype?: MetaDtypeCode;
+  /** Aggregate the GQA group's bounds by sum instead of max. */
+  aggregateSum?: boolean;
+  out: DeviceBuffer;
+  outOffset?: number;
+  seqs: Int32Array;
+  outOffsets: Int32Array;
+}
+
+/**
+ * Decode attention over given page lists: sequence `seqs[i]` (distinct sequences of the plan,
+ * one new token each) attends, per KV head j, to the logical pages
+ * `pages[indptr[i * numKvHeads + j] .. indptr[i * numKvHeads + j + 1])`, ascending (an empty
+ * list outputs zeros). Its query and output rows are its token's row; other rows of `out` are
+ * left alone.
+ */
+export interface SelectedDecodeArgs {
+  q: DeviceBuffer;
+  qOffset?: number;
+  qStride?: number;
+  k: DeviceBuffer;
+  v: DeviceBuffer;
+  out: DeviceBuffer;
+  outOffset?: number;
+  outStride?: number;
+  scale?: number;
+  seqs: Int32Array;
+  indptr: Int32Array;
+  pages: Int32Array;
+  /** Splits per (sequence, KV head, head chunk); 0 or omitted: chosen from the GPU's size. */
+  splits?: number;
 }
 
 export interface AppendKvArgs {
@@ -312,6 +359,17 @@ export interface CudaAddon {
   decodeSparse(plan: StepPlanHandle, args: SparseLayerArgs): void;
   /** The last sparse launch's selection per (sequence, KV head): logical pages, ascending. */
   readSelection(plan: StepPlanHandle): { indptr: Int32Array; pages: Int32Array };
+  /**
+   * Queues a copy of the last sparse launch's selection into `dst` (int32 elements from
+   * `dstOffset`): counts `[numSeqs * numKvHeads]`, then rows `[numSeqs * numKvHeads, rowPages]`
+   * of logical pages (each row's first `count` entries, ascending). `rowPages` (default the
+   * plan's `maxPages`) must bound every count.
+   */
+  copySelection(plan: StepPlanHandle, args: { dst: DeviceBuffer; dstOffset?: number; rowPages?: number }): void;
+  /** Quest page scores of chosen decode sequences (see {@link PageScoreArgs}). */
+  pageScore(plan: StepPlanHandle, args: PageScoreArgs): void;
+  /** Decode attention over given page lists (see {@link SelectedDecodeArgs}). */
+  decodeSelected(plan: StepPlanHandle, args: SelectedDecodeArgs): void;
   /** RoPE, K/V append into pages and page metadata update, fused. */
   appendKv(plan: StepPlanHandle, args: AppendKvArgs): void;
   /** Causal paged attention of every new token of the step. */

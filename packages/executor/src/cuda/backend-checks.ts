@@ -5,8 +5,10 @@
  */
 import { add, fused, gather, getBackend, matMul, setBackend, tensor, tensor1d, tidy } from '@tensorflow/tfjs-core';
 import type { Tensor } from '@tensorflow/tfjs-core';
-import type { ExecutorOptions, KvCacheDtype, ModelConfig, SelectionConfig } from '@tinyserve/core';
+import type { ExecutorOptions, ForwardResult, KvCacheDtype, ModelConfig, SelectionConfig } from '@tinyserve/core';
 import { TestPager, randomTokens } from '../__fixtures__/paging.js';
+import type { StepEntry } from '../__fixtures__/paging.js';
+import type { LayerSelectionRecord, SelectionOptions } from '../decode-selection.js';
 import { createRandomModel, gpt2Config, llamaConfig } from '../__fixtures__/random-model.js';
 import { GELU_NEW_KERNEL, LAYER_NORM_KERNEL, RMS_NORM_KERNEL, SWIGLU_KERNEL, runTinyServeKernel } from '../kernels/register-kernels.js';
 import { TfjsExecutor } from '../tfjs-executor.js';
@@ -156,6 +158,261 @@ export async function checkExecutors(): Promise<GpuCheckResult[]> {
     } finally {
       cpu?.dispose();
       gpu?.dispose();
+    }
+  }
+  if (getBackend() !== CUDA_BACKEND_NAME) await setBackend(CUDA_BACKEND_NAME);
+  return results;
+}
+
+/** One cuda executor of a policy case: its selection (and when to switch it). */
+interface PolicyVariant {
+  label: string;
+  selection: SelectionConfig;
+  options?: SelectionOptions;
+}
+
+interface PolicyCase {
+  name: string;
+  config: ModelConfig;
+  kvCacheDtype: KvCacheDtype;
+  pageSize: number;
+  /** The cpu executor's selection (its fused flag changes nothing there: the policy runs in JavaScript). */
+  reference: PolicyVariant;
+  /** Cuda executors, each compared with the cpu executor; with two, also with each other. */
+  cuda: PolicyVariant[];
+  /**
+   * Compare the two cuda executors with each other only (the cpu executor still picks the
+   * tokens): with fp16 KV, the cpu's and the GPU's halves of nearly equal keys can round apart,
+   * so their quest scores may order near-tied pages differently; two cuda executors share the
+   * same rounding.
+   */
+  pairOnly?: boolean;
+  /** `setSelection` on every executor before these steps. */
+  switches?: { beforeStep: number; selection: SelectionConfig; options?: SelectionOptions }[];
+  prompts: [number, number];
+  decodeSteps: number;
+}
+
+function policyCases(): PolicyCase[] {
+  const llama = llamaConfig({ vocabSize: 211, hiddenSize: 64, numLayers: 3, numHeads: 8, numKvHeads: 2, headDim: 8, intermediateSize: 96, maxPositionEmbeddings: 1024 });
+  const llama64 = llamaConfig({ vocabSize: 301, hiddenSize: 256, numLayers: 3, numHeads: 8, numKvHeads: 2, headDim: 64, intermediateSize: 320, maxPositionEmbeddings: 1024 });
+  const gpt2 = gpt2Config({ vocabSize: 157, hiddenSize: 64, numLayers: 3, numHeads: 4, numKvHeads: 4, headDim: 16, maxPositionEmbeddings: 512 });
+  const sel = (policy: string, over: Partial<SelectionConfig> = {}): SelectionConfig => ({
+    policy,
+    selectionRatio: 0.4,
+    tokenBudget: null,
+    sinkPages: 1,
+    denseLayers: 1,
+    useFusedKernel: false,
+    ...over,
+  });
+  const same = (label: string, selection: SelectionConfig, options?: SelectionOptions) => ({ reference: { label, selection, options }, cuda: [{ label, selection, options }] });
+  return [
+    { name: 'llama 8:2 dim 8 fp16, streaming', config: llama, kvCacheDtype: 'fp16', pageSize: 4, ...same('streaming', sel('streaming', { useFusedKernel: true })), prompts: [41, 23], decodeSteps: 6 },
+    { name: 'llama 8:2 dim 64 fp16 (tensor cores), random', config: llama64, kvCacheDtype: 'fp16', pageSize: 4, ...same('random', sel('random', { selectionRatio: 0.3 }), { seed: 3 }), prompts: [57, 30], decodeSteps: 5 },
+    { name: 'gpt2 dim 16 fp32, oracle with recall', config: gpt2, kvCacheDtype: 'fp32', pageSize: 4, ...same('oracle', sel('oracle'), { measureRecall: true }), prompts: [45, 19], decodeSteps: 5 },
+    { name: 'llama 8:2 dim 8 fp32, quest (policy route), sum aggregation, recall', config: llama, kvCacheDtype: 'fp32', pageSize: 4, ...same('quest', sel('quest'), { gqaAggregation: 'sum', measureRecall: true }), prompts: [41, 23], decodeSteps: 6 },
+    { name: 'gpt2 dim 16 fp32, quest (policy route), budget 24', config: gpt2, kvCacheDtype: 'fp32', pageSize: 8, ...same('quest', sel('quest', { tokenBudget: 24, sinkPages: 1 })), prompts: [90, 44], decodeSteps: 5 },
+    {
+      name: 'llama 8:2 dim 8 fp32, setSelection dense -> quest -> streaming',
+      config: llama,
+      kvCacheDtype: 'fp32',
+      pageSize: 4,
+      ...same('dense', sel('dense')),
+      switches: [
+        { beforeStep: 2, selection: sel('quest', { denseLayers: 0 }) },
+        { beforeStep: 5, selection: sel('streaming', { selectionRatio: 0.5 }) },
+      ],
+      prompts: [41, 23],
+      decodeSteps: 6,
+    },
+    {
+      name: 'llama 8:2 dim 8 fp32, quest fused vs policy route, recall',
+      config: llama,
+      kvCacheDtype: 'fp32',
+      pageSize: 4,
+      reference: { label: 'cpu quest', selection: sel('quest'), options: { measureRecall: true } },
+      cuda: [
+        { label: 'fused', selection: sel('quest', { useFusedKernel: true }), options: { measureRecall: true } },
+        { label: 'policy route', selection: sel('quest'), options: { measureRecall: true } },
+      ],
+      prompts: [41, 23],
+      decodeSteps: 6,
+    },
+    {
+      name: 'llama 8:2 dim 64 fp16 (tensor cores), quest fused vs policy route',
+      config: llama64,
+      kvCacheDtype: 'fp16',
+      pageSize: 4,
+      reference: { label: 'cpu quest', selection: sel('quest', { selectionRatio: 0.3 }) },
+      cuda: [
+        { label: 'fused', selection: sel('quest', { selectionRatio: 0.3, useFusedKernel: true }) },
+        { label: 'policy route', selection: sel('quest', { selectionRatio: 0.3 }) },
+      ],
+      pairOnly: true,
+      prompts: [57, 30],
+      decodeSteps: 5,
+    },
+  ];
+}
+
+/** (record, KV head) selections that differ between two executors' last steps, plus records present in one only. */
+function selectionDifferences(a: readonly LayerSelectionRecord[], b: readonly LayerSelectionRecord[]): number {
+  let differ = Math.abs(a.length - b.length);
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    const x = a[i];
+    const y = b[i];
+    if (x.seqId !== y.seqId || x.layer !== y.layer || x.numTokens !== y.numTokens || x.scored !== y.scored) {
+      differ++;
+      continue;
+    }
+    const H = x.selection.numKvHeads;
+    for (let j = 0; j < H; j++) {
+      const p = x.selection.indices.subarray(x.selection.indptr[j], x.selection.indptr[j + 1]);
+      const q = y.selection.indices.subarray(y.selection.indptr[j], y.selection.indptr[j + 1]);
+      if (p.length !== q.length || p.some((v, k) => v !== q[k])) differ++;
+    }
+  }
+  return differ;
+}
+
+/** Largest |recall difference| between matching records (Infinity when one measured and the other did not). */
+function recallDifference(a: readonly LayerSelectionRecord[], b: readonly LayerSelectionRecord[]): number {
+  let worst = 0;
+  for (let i = 0; i < Math.min(a.length, b.length); i++) {
+    const x = a[i].recall;
+    const y = b[i].recall;
+    if (x === null && y === null) continue;
+    worst = x === null || y === null ? Infinity : Math.max(worst, Math.abs(x - y));
+  }
+  return worst;
+}
+
+function sameStepStats(a: ForwardResult['selection'], b: ForwardResult['selection']): boolean {
+  return a.pagesScanned === b.pagesScanned && a.pagesSelected === b.pagesSelected && a.kvBytesRead === b.kvBytesRead && a.kvBytesDense === b.kvBytesDense;
+}
+
+/**
+ * Every policy on the cuda executor against the cpu executor: a prompt prefilled alone, then
+ * a step mixing its first decode token with a second prompt (prefill rows and a sparse decode
+ * row in one launch), then both decoding, teacher-forced with the cpu executor's greedy tokens.
+ * Per step: greedy tokens, logits, the records of `getLastSelections` (pages per KV head,
+ * scored or not, recall) and the step's selection counters; at the end the cumulative
+ * statistics. Fused and policy-route cuda executors are compared with each other too.
+ */
+export async function checkPolicies(addon: CudaAddon): Promise<GpuCheckResult[]> {
+  const results: GpuCheckResult[] = [];
+  for (const c of policyCases()) {
+    const model = createRandomModel(c.config, 9);
+    const maxLen = Math.max(...c.prompts) + c.decodeSteps + 2;
+    const options = (v: PolicyVariant): ExecutorOptions => ({
+      model,
+      pageSize: c.pageSize,
+      numKvPages: 2 * Math.ceil(maxLen / c.pageSize) + 4,
+      kvCacheDtype: c.kvCacheDtype,
+      attentionChunkSize: 64,
+      selection: v.selection,
+    });
+    const created: { dispose(): void }[] = [];
+    try {
+      const cpu = await TfjsExecutor.create('cpu', options(c.reference), c.reference.options);
+      created.push(cpu);
+      const gpus: CudaExecutor[] = [];
+      for (const v of c.cuda) {
+        const g = await CudaExecutor.withAddon(addon, options(v), v.options);
+        created.push(g);
+        gpus.push(g);
+      }
+      const all = [cpu, ...gpus];
+      const pagers = all.map(() => new TestPager(2 * Math.ceil(maxLen / c.pageSize) + 4, c.pageSize, 3));
+      const [lenA, lenB] = c.prompts;
+      const V = c.config.vocabSize;
+      const worst = gpus.map(() => 0);
+      const agree = gpus.map(() => 0);
+      const selDiff = gpus.map(() => 0);
+      const recallDiff = gpus.map(() => 0);
+      const statsDiff = gpus.map(() => 0);
+      let pairDiff = 0;
+      let pairWorst = 0;
+      let pairAgree = 0;
+      let steps = 0;
+      let decodeRecords = 0;
+      let nextA = 0;
+      let nextB = 0;
+      for (let step = 0; step <= c.decodeSteps + 1; step++) {
+        for (const sw of c.switches ?? []) if (sw.beforeStep === step) for (const ex of all) ex.setSelection(sw.selection, sw.options);
+        const entries: StepEntry[] =
+          step === 0
+            ? [{ seqId: 1, tokens: randomTokens(lenA, V, 61), logitsMode: 1 }]
+            : step === 1
+              ? [
+                  { seqId: 1, tokens: [nextA], logitsMode: 1 },
+                  { seqId: 2, tokens: randomTokens(lenB, V, 62), logitsMode: 1 },
+                ]
+              : [
+                  { seqId: 2, tokens: [nextB], logitsMode: 1 },
+                  { seqId: 1, tokens: [nextA], logitsMode: 1 },
+                ];
+        const outs: ForwardResult[] = [];
+        for (let i = 0; i < all.length; i++) outs.push(await all[i].forward(pagers[i].step(entries)));
+        const ref = outs[0];
+        const refTokens = entries.map((_, i) => argmax(ref.logits, i * V, V));
+        const refSel = cpu.getLastSelections();
+        decodeRecords += refSel.length;
+        for (let g = 0; g < gpus.length; g++) {
+          const got = outs[g + 1];
+          worst[g] = Math.max(worst[g], relativeError(got.logits, ref.logits));
+          agree[g] += entries.filter((_, i) => argmax(got.logits, i * V, V) === refTokens[i]).length;
+          selDiff[g] += selectionDifferences(refSel, gpus[g].getLastSelections());
+          recallDiff[g] = Math.max(recallDiff[g], recallDifference(refSel, gpus[g].getLastSelections()));
+          if (!sameStepStats(ref.selection, got.selection)) statsDiff[g]++;
+        }
+        if (gpus.length > 1) {
+          pairDiff += selectionDifferences(gpus[0].getLastSelections(), gpus[1].getLastSelections());
+          pairWorst = Math.max(pairWorst, relativeError(outs[2].logits, outs[1].logits));
+          pairAgree += entries.filter((_, i) => argmax(outs[2].logits, i * V, V) === argmax(outs[1].logits, i * V, V)).length;
+        }
+        steps += entries.length;
+        // Step 1 decodes A and prefills B: B's next token comes from its prompt's last row.
+        if (step === 0) nextA = refTokens[0];
+        else if (step === 1) [nextA, nextB] = refTokens;
+        else [nextB, nextA] = refTokens;
+      }
+      const refStats = cpu.getSelectionStats().cumulative;
+      const tol = c.kvCacheDtype === 'fp16' ? 2e-3 : 2e-4;
+      for (let g = 0; g < (c.pairOnly ? 0 : gpus.length); g++) {
+        const st = gpus[g].getSelectionStats().cumulative;
+        const cumulativeOk =
+          st.pagesScanned === refStats.pagesScanned &&
+          st.pagesSelected === refStats.pagesSelected &&
+          st.metadataBytesRead === refStats.metadataBytesRead &&
+          st.recallSamples === refStats.recallSamples &&
+          (refStats.recallMean === null ? st.recallMean === null : st.recallMean !== null && Math.abs(st.recallMean - refStats.recallMean) < 1e-4);
+        results.push({
+          name: `cuda ${c.cuda[g].label} vs cpu: ${c.name}`,
+          ok: worst[g] < tol && agree[g] === steps && selDiff[g] === 0 && recallDiff[g] < 1e-4 && statsDiff[g] === 0 && cumulativeOk,
+          relErr: worst[g],
+          detail:
+            `${agree[g]}/${steps} greedy tokens agree; ${selDiff[g]} (record, KV head) selections differ of ${decodeRecords} records; ` +
+            `recall within ${recallDiff[g].toExponential(1)}; ${statsDiff[g]} steps' counters differ; cumulative ${cumulativeOk ? 'equal' : 'DIFFER'} ` +
+            `(kv hit rate ${st.kvHitRate?.toFixed(3) ?? '-'}, recall ${st.recallMean?.toFixed(4) ?? '-'})`,
+        });
+      }
+      if (gpus.length > 1) {
+        const a = gpus[0].getSelectionStats().cumulative;
+        const b = gpus[1].getSelectionStats().cumulative;
+        const sameTotals = a.pagesSelected === b.pagesSelected && a.pagesScanned === b.pagesScanned && a.metadataBytesRead === b.metadataBytesRead;
+        results.push({
+          name: `cuda ${c.cuda[0].label} vs ${c.cuda[1].label}: ${c.name}, same pages`,
+          ok: pairDiff === 0 && pairWorst < tol && pairAgree === steps && sameTotals,
+          relErr: pairWorst,
+          detail: `${pairDiff} (record, KV head) selections differ; ${pairAgree}/${steps} greedy tokens agree; cumulative counters ${sameTotals ? 'equal' : 'DIFFER'}`,
+        });
+      }
+    } catch (e) {
+      results.push({ name: `cuda policies vs cpu: ${c.name}`, ok: false, detail: e instanceof Error ? (e.stack ?? e.message) : String(e) });
+    } finally {
+      for (const ex of created) ex.dispose();
     }
   }
   if (getBackend() !== CUDA_BACKEND_NAME) await setBackend(CUDA_BACKEND_NAME);

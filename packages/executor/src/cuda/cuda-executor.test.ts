@@ -59,8 +59,12 @@ describe('createExecutor("cuda") without a usable addon', () => {
     const bf16 = options({ kvCacheDtype: 'bf16' as never });
     await expect(createExecutor('cuda', bf16)).rejects.toThrow(ConfigError);
     await expect(createExecutor('cuda', bf16)).rejects.toThrow(/kvCacheDtype: 'bf16' is not supported by the cuda executor \(supported: fp32, fp16, int8\)/);
-    const streaming = { policy: 'streaming', selectionRatio: 0.5, tokenBudget: null, sinkPages: 1, denseLayers: 0, useFusedKernel: true };
-    await expect(createExecutor('cuda', options({ selection: streaming }))).rejects.toThrow(/'streaming' is not supported by the cuda executor/);
+    // Selection errors are the tfjs executors' own (every policy runs on the cuda executor).
+    const unknown = { policy: 'nope', selectionRatio: 0.5, tokenBudget: null, sinkPages: 1, denseLayers: 0, useFusedKernel: true };
+    const cpuError = await createExecutor('cpu', options({ selection: unknown })).catch((e: unknown) => e);
+    const cudaError = await createExecutor('cuda', options({ selection: unknown })).catch((e: unknown) => e);
+    expect(cudaError).toBeInstanceOf(ConfigError);
+    expect((cudaError as Error).message).toBe((cpuError as Error).message);
     const odd = createRandomModel(llamaConfig({ numLayers: 1, headDim: 12, hiddenSize: 48 }), 3);
     await expect(createExecutor('cuda', options({ model: odd }))).rejects.toThrow(/headDim 12 is not supported/);
   });

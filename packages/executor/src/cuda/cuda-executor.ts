@@ -2,9 +2,12 @@ import { getBackend, registerBackend, setBackend, tidy, gather, tensor1d } from 
 import type { Tensor2D } from '@tensorflow/tfjs-core';
 import { BackendUnavailableError, ConfigError } from '@tinyserve/core';
 import type { CopyTokensParams, Executor, ExecutorOptions, ForwardParams, ForwardResult, ModelConfig, SelectionConfig } from '@tinyserve/core';
-import { checkBudgetFitsForcedPages, validateSelectionConfig } from '@tinyserve/kv-retriever';
+import type { SelectionStatsSnapshot } from '@tinyserve/kv-retriever';
+import { ExecutorSelection } from '../decode-selection.js';
+import type { DecodeSelector, LayerSelectionRecord, SelectionOptions } from '../decode-selection.js';
+import { checkExecutorOptions } from '../executor-options.js';
 import { planForward } from '../forward-plan.js';
-import type { ForwardLimits, ForwardPlan } from '../forward-plan.js';
+import type { ForwardLimits } from '../forward-plan.js';
 import type { AttentionStep } from '../kernels/register-kernels.js';
 import { embedTokens, finalLogits, runLayers, uploadWeights } from '../model-graph.js';
 import type { GraphWeights } from '../model-graph.js';
@@ -16,7 +19,8 @@ import { CudaBackend } from './cuda-backend.js';
 import { CUDA_BACKEND_NAME, cudaAttentionStates, registerCudaKernels } from './cuda-kernels.js';
 import { CudaKvCache } from './cuda-kv-cache.js';
 import type { CudaKvDtype } from './cuda-kv-cache.js';
-import { CudaStepPlan, selectionTopK, trimPageTable } from './step-plan.js';
+import { FusedSelectionLog } from './fused-selection-log.js';
+import { CudaStepPlan, selectionRowPages, selectionTopK, trimPageTable } from './step-plan.js';
 
 const HEAD_DIMS = [8, 16, 32, 64, 128];
 
@@ -37,38 +41,29 @@ export async function activateCudaBackend(addon: CudaAddon): Promise<void> {
   }
 }
 
-function checkOptions(options: ExecutorOptions): { kvDtype: CudaKvDtype; sparse: boolean } {
-  if (options === null || typeof options !== 'object' || options.model === undefined) {
-    throw new ConfigError('model', 'ExecutorOptions.model is required');
-  }
-  for (const f of ['pageSize', 'numKvPages', 'attentionChunkSize'] as const) {
-    const v = options[f];
-    if (!(Number.isInteger(v) && v > 0)) throw new ConfigError(f, `must be a positive integer, got ${String(v)}`);
-  }
-  if (options.kvCacheDtype !== 'fp32' && options.kvCacheDtype !== 'fp16' && options.kvCacheDtype !== 'int8') {
-    throw new ConfigError('kvCacheDtype', `'${String(options.kvCacheDtype)}' is not supported by the cuda executor (supported: fp32, fp16, int8)`);
-  }
-  const { headDim } = options.model.config;
-  if (!HEAD_DIMS.includes(headDim)) {
-    throw new ConfigError('model', `headDim ${headDim} is not supported by the cuda kernels (supported: ${HEAD_DIMS.join(', ')})`);
-  }
-  const selection = options.selection ?? ({ policy: 'dense' } as SelectionConfig);
-  if (selection.policy !== 'dense' && selection.policy !== 'quest') {
-    throw new ConfigError('selectionPolicy', `'${selection.policy}' is not supported by the cuda executor (supported: dense, quest)`);
-  }
-  if (selection.policy === 'quest') {
-    validateSelectionConfig(selection, { pageSize: options.pageSize });
-    checkBudgetFitsForcedPages(selection, options.pageSize, selection.sinkPages + 1);
-  }
-  return { kvDtype: options.kvCacheDtype, sparse: selection.policy === 'quest' };
+/** The common checks (model, sizes, selection: the same errors as the tfjs executors), then what the kernels support. */
+function checkOptions(options: ExecutorOptions, selectionOptions: SelectionOptions): { selector: DecodeSelector; kvDtype: CudaKvDtype } {
+  const selector = checkExecutorOptions(options, selectionOptions, () => {
+    if (options.kvCacheDtype !== 'fp32' && options.kvCacheDtype !== 'fp16' && options.kvCacheDtype !== 'int8') {
+      throw new ConfigError('kvCacheDtype', `'${String(options.kvCacheDtype)}' is not supported by the cuda executor (supported: fp32, fp16, int8)`);
+    }
+    const { headDim } = options.model.config;
+    if (!HEAD_DIMS.includes(headDim)) {
+      throw new ConfigError('model', `headDim ${headDim} is not supported by the cuda kernels (supported: ${HEAD_DIMS.join(', ')})`);
+    }
+  });
+  return { selector, kvDtype: options.kvCacheDtype as CudaKvDtype };
 }
 
 /**
  * The executor of the `cuda` backend: the same tfjs model graph as `wasm` and `cpu`, its
- * tensors and KV pages in GPU memory (fp32, fp16, or int8 in the kv-retriever's format with
- * one scale per token and KV head). Decode steps attend densely or, with the `quest`
- * policy, through the fused sparse kernel (layers from `denseLayers` on); steps with prompt
- * tokens use causal paged prefill attention. Attention statistics are not collected.
+ * tensors and KV pages (fp32, fp16, or int8 in the kv-retriever's format with one scale per
+ * token and KV head; with their page metadata) in GPU memory, and the same decode-time
+ * selection: every policy of the kv-retriever through the same `StepSelection` (page scores on
+ * the GPU, the policy's choice in JavaScript, attention over the chosen pages on the GPU), and,
+ * for `quest` with `useFusedKernel` on decode-only steps, the fused kernel that scores, selects
+ * and attends in one launch. Steps with prompt tokens use causal paged prefill attention.
+ * Attention statistics are not collected.
  */
 export class CudaExecutor implements Executor {
   readonly backend = CUDA_BACKEND_NAME;
@@ -79,9 +74,10 @@ export class CudaExecutor implements Executor {
   readonly device: CudaDeviceInfo;
   readonly kvCache: CudaKvCache;
 
-  private readonly selection: SelectionConfig | null;
+  private readonly selectionState: ExecutorSelection;
   private readonly limits: ForwardLimits;
   private readonly plan: CudaStepPlan;
+  private readonly fusedLog: FusedSelectionLog;
   private qRot: DeviceBuffer | null = null;
   private qRotFloats = 0;
   private graph: GraphWeights | null;
@@ -91,7 +87,7 @@ export class CudaExecutor implements Executor {
     device: CudaDeviceInfo,
     options: ExecutorOptions,
     kvDtype: CudaKvDtype,
-    sparse: boolean,
+    selector: DecodeSelector,
     graph: GraphWeights,
     private readonly embed: Float32Array,
     private readonly positions: Float32Array | null,
@@ -101,16 +97,18 @@ export class CudaExecutor implements Executor {
     this.model = config;
     this.pageSize = options.pageSize;
     this.numKvPages = options.numKvPages;
-    this.selection = sparse ? { ...options.selection } : null;
     this.graph = graph;
     this.kvCache = new CudaKvCache(addon, {
       layout: { numLayers: config.numLayers, numPages: options.numKvPages, pageSize: options.pageSize, numKvHeads: config.numKvHeads, headDim: config.headDim },
       kvDtype,
-      // fp32 boxes: the same pages as the kv-retriever's policies pick (fp16 boxes are looser by one rounding).
-      metadata: sparse ? 'fp32' : 'none',
+      // Always kept (as the tfjs cache does), so setSelection can switch to quest at any time.
+      // fp32 boxes: the same scores, to the bit, as the kv-retriever's scorePages on the CPU.
+      metadata: 'fp32',
     });
     this.kvBytesPerPage = this.kvCache.bytesPerPage;
+    this.selectionState = new ExecutorSelection(selector, { pageSize: options.pageSize, headDim: config.headDim, dtype: kvDtype });
     this.plan = new CudaStepPlan(addon);
+    this.fusedLog = new FusedSelectionLog(addon, this.plan, config.numLayers, config.numKvHeads);
     this.limits = {
       vocabSize: config.vocabSize,
       pageSize: options.pageSize,
@@ -120,24 +118,74 @@ export class CudaExecutor implements Executor {
   }
 
   /**
-   * Loads the addon (test-loaded in a child process first) and the weights. Rejects with a
-   * `BackendUnavailableError` when the addon is not built, cannot load, or finds no GPU.
+   * Validates the options (the same `ConfigError`s as the tfjs executors, then the kernels'
+   * limits), loads the addon (test-loaded in a child process first) and the weights. Rejects
+   * with a `BackendUnavailableError` when the addon is not built, cannot load, or finds no GPU.
+   * `selectionOptions` as for `TfjsExecutor.create`.
    */
-  static async create(options: ExecutorOptions): Promise<CudaExecutor> {
-    const { kvDtype, sparse } = checkOptions(options);
+  static async create(options: ExecutorOptions, selectionOptions: SelectionOptions = {}): Promise<CudaExecutor> {
+    const checked = checkOptions(options, selectionOptions);
     const { addon, device } = loadCudaAddon();
+    return CudaExecutor.build(addon, device, options, checked);
+  }
+
+  /**
+   * As {@link create}, over an addon already loaded (by `loadCudaAddon`, or any implementation
+   * of its typed surface): the options are checked the same way.
+   */
+  static async withAddon(addon: CudaAddon, options: ExecutorOptions, selectionOptions: SelectionOptions = {}): Promise<CudaExecutor> {
+    const checked = checkOptions(options, selectionOptions);
+    return CudaExecutor.build(addon, addon.deviceInfo(), options, checked);
+  }
+
+  private static async build(
+    addon: CudaAddon,
+    device: CudaDeviceInfo,
+    options: ExecutorOptions,
+    { kvDtype, selector }: { kvDtype: CudaKvDtype; selector: DecodeSelector },
+  ): Promise<CudaExecutor> {
     const prepared = prepareWeights(options.model);
     const config = options.model.config;
     return runExclusive(async () => {
       await activateCudaBackend(addon);
       const graph = uploadWeights(prepared, config.architecture, config.hiddenSize);
       try {
-        return new CudaExecutor(addon, device, options, kvDtype, sparse, graph, prepared.embed, prepared.positions);
+        return new CudaExecutor(addon, device, options, kvDtype, selector, graph, prepared.embed, prepared.positions);
       } catch (err) {
         for (const t of graph.tensors) t.dispose();
         throw err;
       }
     });
+  }
+
+  /** The selection configuration in force. */
+  get selection(): Readonly<SelectionConfig> {
+    return this.selectionState.selector.config;
+  }
+
+  /** The settings beyond `SelectionConfig` in force. */
+  get selectionOptions(): Readonly<SelectionOptions> {
+    return this.selectionState.selector.options;
+  }
+
+  /** As `TfjsExecutor.setSelection`: switches policy and options between steps, keeping the KV cache. */
+  setSelection(config: SelectionConfig, options: SelectionOptions = {}): void {
+    this.live();
+    this.selectionState.set(config, options);
+  }
+
+  /** As `TfjsExecutor.getSelectionStats`. */
+  getSelectionStats(): SelectionStatsSnapshot {
+    return this.selectionState.stats();
+  }
+
+  resetSelectionStats(): void {
+    this.selectionState.resetStats();
+  }
+
+  /** Every (decode sequence, layer) page selection of the last step, dense layers included, in layer order. */
+  getLastSelections(): readonly LayerSelectionRecord[] {
+    return this.selectionState.lastSelections();
   }
 
   async forward(params: ForwardParams): Promise<ForwardResult> {
@@ -153,11 +201,16 @@ export class CudaExecutor implements Executor {
     const plan = planForward(params, this.limits);
     const cfg = this.model;
     const seqLens = plan.contextLens;
+    const scale = 1 / Math.sqrt(cfg.headDim);
     const table = trimPageTable(params.pageIndptr, params.pageIndices, seqLens, this.pageSize);
-    let decode = true;
+    const selector = this.selectionState.selector;
+    const config = selector.config;
+    const selection = this.selectionState.beginStep(plan, params, this.kvCache, cfg.numHeads, scale);
+    let decode = plan.numSeqs > 0;
     for (let s = 0; s < plan.numSeqs; s++) decode &&= params.queryIndptr[s + 1] - params.queryIndptr[s] === 1;
-    const sparse = this.selection !== null && decode;
-    const topK = sparse ? selectionTopK(seqLens, this.pageSize, this.selection!) : undefined;
+    // The fused launch makes quest's choice on the GPU; any other case runs the policy in JavaScript.
+    const fused = decode && config.useFusedKernel && config.policy === 'quest';
+    const topK = fused ? selectionTopK(seqLens, this.pageSize, config) : undefined;
     this.plan.update({
       numQHeads: cfg.numHeads,
       numKvHeads: cfg.numKvHeads,
@@ -170,14 +223,19 @@ export class CudaExecutor implements Executor {
       seqLens,
       queryIndptr: params.queryIndptr,
       topK,
-      sinkPages: this.selection?.sinkPages ?? 0,
+      sinkPages: config.sinkPages,
     });
+    const queryFloats = plan.numTokens * cfg.numHeads * cfg.headDim;
+    if (topK !== undefined) {
+      const rowPages = selectionRowPages(seqLens, this.pageSize, topK, config.sinkPages);
+      this.fusedLog.begin(plan.numSeqs, rowPages, selector.options.measureRecall ? queryFloats : 0);
+    }
     const step: AttentionStep = {
       numHeads: cfg.numHeads,
       numKvHeads: cfg.numKvHeads,
       headDim: cfg.headDim,
       pageSize: this.pageSize,
-      scale: 1 / Math.sqrt(cfg.headDim),
+      scale,
       chunkSize: 0,
       // The pages live on the device (see cudaAttentionStates); the host-side fields stay empty.
       keyCaches: [],
@@ -192,56 +250,31 @@ export class CudaExecutor implements Executor {
       pageIndices: table.pageIndices,
       rope: null,
       stats: null,
-      selector: null,
+      selector: selection,
     };
     cudaAttentionStates.set(step, {
       cache: this.kvCache,
       plan: this.plan,
-      qRot: this.queryScratch(plan.numTokens * cfg.numHeads * cfg.headDim),
+      qRot: this.queryScratch(queryFloats),
       rope: cfg.architecture === 'llama',
       ropeTheta: cfg.ropeTheta,
-      sparseFromLayer: sparse ? this.selection!.denseLayers : Infinity,
+      selection,
+      fused: fused ? this.fusedLog : null,
+      aggregateSum: selector.options.gqaAggregation === 'sum',
     });
 
     let logits: Float32Array = new Float32Array(0);
     tidy(() => {
       const x0 = embedTokens(this.embed, this.positions, cfg.hiddenSize, params.tokenIds, plan.tokenPos);
-      let x = runLayers(graph, x0, step);
+      let x = runLayers(graph, x0, step, selection);
       const rows = plan.logitRows;
       if (rows.length === 0) return;
       if (rows.length < plan.numTokens) x = gather(x, tensor1d(rows, 'int32')) as Tensor2D;
       logits = finalLogits(graph, x).dataSync() as Float32Array;
     });
     if (plan.logitRows.length === 0) this.addon.synchronize();
-    return { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionStats(plan, topK) };
-  }
-
-  /**
-   * Pages scanned and attended per (sequence, layer, KV head). The fused kernel keeps exactly
-   * `topK` pages of a sequence whose pages are all non-empty (appends fill them in order).
-   */
-  private selectionStats(plan: ForwardPlan, topK: Int32Array | undefined): ForwardResult['selection'] {
-    const { numLayers, numKvHeads } = this.model;
-    const ps = this.pageSize;
-    const perToken = this.kvCache.bytesPerTokenLayer;
-    const sparseLayers = topK ? Math.max(0, numLayers - this.selection!.denseLayers) : 0;
-    let scanned = 0;
-    let selected = 0;
-    let bytes = 0;
-    let dense = 0;
-    for (let s = 0; s < plan.numSeqs; s++) {
-      const len = plan.contextLens[s];
-      const n = Math.ceil(len / ps);
-      const denseBytes = len * perToken;
-      dense += denseBytes * numLayers;
-      scanned += n * numKvHeads * numLayers;
-      const k = topK ? Math.min(n, topK[s]) : n;
-      const lastLen = len - (n - 1) * ps;
-      const sparseBytes = k >= n ? denseBytes : ((k - 1) * ps + lastLen) * perToken;
-      selected += n * numKvHeads * (numLayers - sparseLayers) + k * numKvHeads * sparseLayers;
-      bytes += denseBytes * (numLayers - sparseLayers) + sparseBytes * sparseLayers;
-    }
-    return { pagesScanned: scanned, pagesSelected: selected, kvBytesRead: bytes, kvBytesDense: dense };
+    if (fused) this.fusedLog.flush(selection);
+    return { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionState.endStep(selection) };
   }
 
   private queryScratch(floats: number): DeviceBuffer {
@@ -260,7 +293,7 @@ export class CudaExecutor implements Executor {
 
   rebuildPageMetadata(pages: Int32Array, fills?: Int32Array): void {
     this.live();
-    if (this.kvCache.metaDtype !== 'none') this.kvCache.rebuildMetadata(pages, fills);
+    this.kvCache.rebuildMetadata(pages, fills);
   }
 
   dispose(): void {
@@ -268,6 +301,7 @@ export class CudaExecutor implements Executor {
     for (const t of this.graph.tensors) t.dispose();
     this.graph = null;
     this.kvCache.dispose();
+    this.fusedLog.dispose();
     this.plan.release();
     if (this.qRot !== null) this.addon.free(this.qRot);
     this.qRot = null;

@@ -1,12 +1,17 @@
 import { getKernel, registerKernel, util } from '@tensorflow/tfjs-core';
 import type { KernelFunc, TensorInfo } from '@tensorflow/tfjs-core';
+import type { StepSelection } from '../decode-selection.js';
+import { checkPageSelection } from '../kernels/paged-attention-cpu.js';
+import type { PageSelection } from '../kernels/paged-attention-cpu.js';
 import {
   FUSED_SPARSE_ATTENTION_KERNEL,
   GELU_NEW_KERNEL,
   KV_APPEND_KERNEL,
   LAYER_NORM_KERNEL,
   PAGED_ATTENTION_KERNEL,
+  PAGE_SCORE_KERNEL,
   RMS_NORM_KERNEL,
+  SPARSE_PAGED_ATTENTION_KERNEL,
   SWIGLU_KERNEL,
 } from '../kernels/register-kernels.js';
 import type { AttentionStep } from '../kernels/register-kernels.js';
@@ -14,14 +19,16 @@ import { BINARY_OP } from './addon-types.js';
 import type { DeviceBuffer } from './addon-types.js';
 import type { CudaBackend } from './cuda-backend.js';
 import type { CudaKvCache } from './cuda-kv-cache.js';
+import type { FusedSelectionLog } from './fused-selection-log.js';
+import { pageCounts, selectedLists } from './selection-lists.js';
 import type { CudaStepPlan } from './step-plan.js';
 
 export const CUDA_BACKEND_NAME = 'cuda';
 
 /**
- * What the cuda paged-attention kernel needs beyond the shared `AttentionStep`: the device KV
- * cache, the step's plan, and the sparse selection settings. Keyed by the step object, so the
- * model graph (written once for every backend) passes the same attributes everywhere.
+ * What the cuda attention kernels need beyond the shared `AttentionStep`: the device KV cache,
+ * the step's plan and page selection. Keyed by the step object, so the model graph (written
+ * once for every backend) passes the same attributes everywhere.
  */
 export interface CudaAttentionState {
   cache: CudaKvCache;
@@ -30,8 +37,17 @@ export interface CudaAttentionState {
   qRot: DeviceBuffer;
   rope: boolean;
   ropeTheta: number;
-  /** Layers from this one on use the fused sparse kernel on decode steps; Infinity: never. */
-  sparseFromLayer: number;
+  /** The step's page selection (the executor's `StepSelection`); null when every layer attends densely. */
+  selection: StepSelection | null;
+  /**
+   * Set when the fused launch makes this step's sparse choices on the GPU (quest with
+   * `useFusedKernel`, a decode-only step, `topK` in the plan): where each layer's choice is kept
+   * until the step ends. Null: the fused kernel runs the policy route (scores, the policy in
+   * JavaScript, attention over its pages).
+   */
+  fused: FusedSelectionLog | null;
+  /** Quest aggregates a GQA group's bounds by sum (`gqaAggregation: 'sum'`) rather than max. */
+  aggregateSum: boolean;
 }
 
 export const cudaAttentionStates = new WeakMap<AttentionStep, CudaAttentionState>();
@@ -143,30 +159,26 @@ function identity(be: CudaBackend, x: TensorInfo, shape = x.shape): TensorInfo {
 
 type KernelArgs = Parameters<KernelFunc>[0];
 
-/**
- * The paged-attention kernels on the device. 'auto': append, then dense or (decode steps, layers
- * from `sparseFromLayer`) the fused sparse kernel, or causal prefill for steps with prompt
- * tokens; 'sparse': the fused sparse kernel whatever the layer; 'append': append only,
- * returning the rotated queries.
- */
-function attention({ inputs, backend, attrs }: KernelArgs, kernel: string, mode: 'auto' | 'sparse' | 'append'): TensorInfo {
-  const be = cudaBackend(backend);
-  const qkv = requireDtype(inputs.qkv, 'float32', kernel, 'qkv');
-  const { step, layer } = attrs as unknown as { step: AttentionStep; layer: number };
+function stateOf(step: AttentionStep, rows: number, kernel: string): CudaAttentionState {
   const state = cudaAttentionStates.get(step);
   if (state === undefined) throw new Error(`${kernel}: this step was not prepared by the cuda executor`);
   const info = state.plan.info;
-  if (info === null || info.numTokens !== qkv.shape[0]) throw new Error(`${kernel}: the step's plan does not match ${qkv.shape[0]} tokens`);
+  if (info === null || info.numTokens !== rows) throw new Error(`${kernel}: the step's plan does not match ${rows} tokens`);
+  return state;
+}
+
+function selectionOf(state: CudaAttentionState, kernel: string): StepSelection {
+  if (state.selection === null) throw new Error(`${kernel}: the step has no page selection`);
+  return state.selection;
+}
+
+/** RoPE, K/V append and the metadata update of one layer; the rotated queries go to `qOut`. */
+function appendLayer(be: CudaBackend, state: CudaAttentionState, layer: number, qkv: DeviceBuffer, qOut: DeviceBuffer): void {
   const { cache, plan } = state;
-  const T = qkv.shape[0];
-  const width = step.numHeads * step.headDim;
-  const out = be.makeTensorInfo([T, width], 'float32');
-  if (T === 0) return out;
   const meta = cache.metaDtype !== 'none';
-  const qOut = mode === 'append' ? be.bufferOf(out)! : state.qRot;
   const kv = cache.layerBuffers(layer);
   be.addon.appendKv(plan.handle, {
-    qkv: buf(be, qkv, kernel, 'qkv'),
+    qkv,
     qOut,
     ...kv,
     metaMin: meta ? cache.metaMin[layer] : undefined,
@@ -175,13 +187,129 @@ function attention({ inputs, backend, attrs }: KernelArgs, kernel: string, mode:
     rope: state.rope,
     ropeTheta: state.ropeTheta,
   });
-  if (mode === 'append') return out;
-  const args = { q: state.qRot, ...kv, out: be.bufferOf(out)!, scale: step.scale };
-  const sparse = info.decodeOnly && (mode === 'sparse' || layer >= state.sparseFromLayer);
-  if (sparse && !meta) throw new Error(`${kernel}: sparse attention needs page metadata (the executor's policy is dense)`);
+}
+
+/**
+ * Page scores of `layer` into `out` (`selection.scoreLength` floats): the decode sequences the
+ * selection scores for, in its layout, bit-identical to `scorePages`; other blocks zero.
+ */
+function scoreOnDevice(be: CudaBackend, state: CudaAttentionState, layer: number, queries: DeviceBuffer, out: DeviceBuffer): void {
+  const selection = selectionOf(state, PAGE_SCORE_KERNEL);
+  const { cache } = state;
+  if (cache.metaDtype === 'none') throw new Error(`${PAGE_SCORE_KERNEL}: the KV cache keeps no page metadata`);
+  be.addon.fill({ dst: out, count: selection.scoreLength, dtype: 0, value: 0 });
+  const { seqs, offsets } = selection.scoreTargets(layer);
+  be.addon.pageScore(state.plan.handle, {
+    q: queries,
+    metaMin: cache.metaMin[layer],
+    metaMax: cache.metaMax[layer],
+    metaDtype: cache.metaCode,
+    aggregateSum: state.aggregateSum,
+    out,
+    seqs,
+    outOffsets: offsets,
+  });
+}
+
+/**
+ * Attention of every row over a page selection: sequences it marks sparse over their listed
+ * pages, the others densely and causally (one launch in a decode-only step; otherwise causal
+ * prefill attention of every row, then the sparse rows again over their pages).
+ */
+function attendSelected(
+  be: CudaBackend,
+  state: CudaAttentionState,
+  step: AttentionStep,
+  layer: number,
+  queries: DeviceBuffer,
+  out: DeviceBuffer,
+  selection: PageSelection,
+): void {
+  const { cache, plan } = state;
+  const info = plan.info!;
+  checkPageSelection(
+    { numTokens: info.numTokens, numKvHeads: step.numKvHeads, pageSize: step.pageSize, pageIndptr: step.pageIndptr, tokenSeq: step.tokenSeq, tokenPos: step.tokenPos },
+    selection,
+  );
+  const args = { q: queries, ...cache.layerBuffers(layer), out, scale: step.scale };
   if (!info.decodeOnly) be.addon.prefill(plan.handle, args);
-  else if (sparse) be.addon.decodeSparse(plan.handle, { ...args, metaMin: cache.metaMin[layer], metaMax: cache.metaMax[layer], metaDtype: cache.metaCode });
-  else be.addon.decodeDense(plan.handle, args);
+  const lists = selectedLists(selection, step.numKvHeads, info.decodeOnly ? pageCounts(step.pageIndptr) : null);
+  be.addon.decodeSelected(plan.handle, { ...args, ...lists });
+}
+
+/** The policy route from the rotated queries on the device: scores when needed, the policy's choice in JavaScript, attention. */
+function selectAndAttend(be: CudaBackend, state: CudaAttentionState, step: AttentionStep, layer: number, queries: DeviceBuffer, out: DeviceBuffer): void {
+  const selection = selectionOf(state, FUSED_SPARSE_ATTENTION_KERNEL);
+  const T = state.plan.info!.numTokens;
+  const q = new Float32Array(T * step.numHeads * step.headDim);
+  be.addon.download(queries, 0, q);
+  let scores: Float32Array | null = null;
+  if (selection.needsScores(layer)) {
+    const t = be.makeTensorInfo([selection.scoreLength], 'float32');
+    try {
+      scoreOnDevice(be, state, layer, queries, be.bufferOf(t)!);
+      scores = be.readSync(t.dataId) as Float32Array;
+    } finally {
+      be.disposeData(t.dataId);
+    }
+  }
+  attendSelected(be, state, step, layer, queries, out, selection.select(layer, q, scores));
+}
+
+/**
+ * The layer's attention on the device, by kernel: 'dense' appends then attends causally
+ * (prefill) or densely (decode-only steps); 'append' appends only, returning the rotated
+ * queries; 'fused' appends, then either the fused quest launch (score, select, attend in one
+ * launch, its choice kept for the step's records) or the policy route.
+ */
+function attention({ inputs, backend, attrs }: KernelArgs, kernel: string, mode: 'dense' | 'fused' | 'append'): TensorInfo {
+  const be = cudaBackend(backend);
+  const qkv = requireDtype(inputs.qkv, 'float32', kernel, 'qkv');
+  const { step, layer } = attrs as unknown as { step: AttentionStep; layer: number };
+  const T = qkv.shape[0];
+  const state = stateOf(step, T, kernel);
+  const { cache, plan } = state;
+  const out = be.makeTensorInfo([T, step.numHeads * step.headDim], 'float32');
+  if (T === 0) return out;
+  const outBuf = be.bufferOf(out)!;
+  appendLayer(be, state, layer, buf(be, qkv, kernel, 'qkv'), mode === 'append' ? outBuf : state.qRot);
+  if (mode === 'append') return out;
+  const args = { q: state.qRot, ...cache.layerBuffers(layer), out: outBuf, scale: step.scale };
+  if (mode === 'dense') {
+    if (plan.info!.decodeOnly) be.addon.decodeDense(plan.handle, args);
+    else be.addon.prefill(plan.handle, args);
+  } else if (state.fused !== null) {
+    be.addon.decodeSparse(plan.handle, { ...args, metaMin: cache.metaMin[layer], metaMax: cache.metaMax[layer], metaDtype: cache.metaCode, aggregateSum: state.aggregateSum });
+    state.fused.save(layer, state.qRot);
+  } else {
+    selectAndAttend(be, state, step, layer, state.qRot, outBuf);
+  }
+  return out;
+}
+
+/** Page scores of the step's decode sequences from the rotated queries: `[scoreLength]`, as the tfjs kernel. */
+function pageScoreKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
+  const be = cudaBackend(backend);
+  const queries = requireDtype(inputs.queries, 'float32', PAGE_SCORE_KERNEL, 'queries');
+  const { step, layer } = attrs as unknown as { step: AttentionStep; layer: number };
+  const state = stateOf(step, queries.shape[0], PAGE_SCORE_KERNEL);
+  const out = be.makeTensorInfo([selectionOf(state, PAGE_SCORE_KERNEL).scoreLength], 'float32');
+  const outBuf = be.bufferOf(out);
+  if (outBuf !== null) scoreOnDevice(be, state, layer, buf(be, queries, PAGE_SCORE_KERNEL, 'queries'), outBuf);
+  return out;
+}
+
+/** Attention over a `PageSelection` from the rotated queries: `[numTokens, numHeads * headDim]`, as the tfjs kernel. */
+function sparsePagedAttentionKernel({ inputs, backend, attrs }: KernelArgs): TensorInfo {
+  const be = cudaBackend(backend);
+  const kernel = SPARSE_PAGED_ATTENTION_KERNEL;
+  const queries = requireDtype(inputs.queries, 'float32', kernel, 'queries');
+  const { step, layer, selection } = attrs as unknown as { step: AttentionStep; layer: number; selection: PageSelection };
+  const T = queries.shape[0];
+  const state = stateOf(step, T, kernel);
+  const out = be.makeTensorInfo([T, step.numHeads * step.headDim], 'float32');
+  if (T === 0) return out;
+  attendSelected(be, state, step, layer, buf(be, queries, kernel, 'queries'), be.bufferOf(out)!, selection);
   return out;
 }
 
@@ -300,9 +428,11 @@ const kernels: Record<string, KernelFunc> = {
     if (util.sizeFromShape(x.shape) > 0) be.addon.activation({ kind: 1, x: buf(be, x, GELU_NEW_KERNEL, 'x'), rows: x.shape[0], cols: x.shape[1], out: be.bufferOf(out)! });
     return out;
   },
-  [PAGED_ATTENTION_KERNEL]: (args) => attention(args, PAGED_ATTENTION_KERNEL, 'auto'),
-  [FUSED_SPARSE_ATTENTION_KERNEL]: (args) => attention(args, FUSED_SPARSE_ATTENTION_KERNEL, 'sparse'),
+  [PAGED_ATTENTION_KERNEL]: (args) => attention(args, PAGED_ATTENTION_KERNEL, 'dense'),
+  [FUSED_SPARSE_ATTENTION_KERNEL]: (args) => attention(args, FUSED_SPARSE_ATTENTION_KERNEL, 'fused'),
   [KV_APPEND_KERNEL]: (args) => attention(args, KV_APPEND_KERNEL, 'append'),
+  [PAGE_SCORE_KERNEL]: pageScoreKernel,
+  [SPARSE_PAGED_ATTENTION_KERNEL]: sparsePagedAttentionKernel,
 };
 
 /** The tfjs kernels of the `cuda` backend: every op the model graph uses, on the device. */

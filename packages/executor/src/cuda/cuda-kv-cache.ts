@@ -1,7 +1,8 @@
 import { ConfigError, RequestValidationError, kvElementIndex } from '@tinyserve/core';
 import type { CopyTokensParams, KvLayout } from '@tinyserve/core';
 import { decodeFp16, dequantizeInt8, encodeFp16, kvBytesPerPage, quantizeInt8 } from '@tinyserve/kv-retriever';
-import type { Int8ScaleGranularity } from '@tinyserve/kv-retriever';
+import type { Int8ScaleGranularity, PageMetadataLayer } from '@tinyserve/kv-retriever';
+import type { CompactKeys, SelectionKvSource } from '../decode-selection.js';
 import { KV_DTYPE, META_DTYPE } from './addon-types.js';
 import type { CudaAddon, DeviceBuffer, KvDtypeCode, MetaDtypeCode } from './addon-types.js';
 
@@ -65,7 +66,7 @@ export interface CudaKvLayerBuffers {
  * metadata (`min` / `max` boxes of the keys as stored, empty pages marked +inf / -inf as the
  * kv-retriever does).
  */
-export class CudaKvCache {
+export class CudaKvCache implements SelectionKvSource {
   readonly layout: KvLayout;
   readonly kvDtype: CudaKvDtype;
   readonly metaDtype: CudaMetaDtype | 'none';
@@ -244,6 +245,49 @@ export class CudaKvCache {
       return decodeFp16(raw);
     };
     return { min: read(this.metaMin[l]), max: read(this.metaMax[l]) };
+  }
+
+  /** Selection source: the layer's boxes, downloaded (only policies that rank by them themselves ask). */
+  metadataLayer(layer: number): PageMetadataLayer {
+    return this.downloadMetadata(layer);
+  }
+
+  /** Selection source: the keys live on the device, never as a host fp32 buffer. */
+  hostKeys(): null {
+    return null;
+  }
+
+  /**
+   * Selection source: one sequence's keys at `layer` (the oracle policy, recall measurement),
+   * gathered page by page on the device and downloaded once, decoded to fp32.
+   */
+  compactKeys(layer: number, pages: Int32Array): CompactKeys {
+    const { numPages, pageSize, numKvHeads, headDim } = this.layout;
+    const l = this.checkLayer(layer);
+    for (let i = 0; i < pages.length; i++) {
+      if (!(pages[i] >= 0 && pages[i] < numPages)) throw new RequestValidationError(`pages[${i}]`, `${pages[i]} is outside [0, ${numPages})`);
+    }
+    const pageElems = pageSize * numKvHeads * headDim;
+    const n = pages.length;
+    const idx = this.addon.alloc(Math.max(1, n) * 4);
+    const out = this.addon.alloc(Math.max(1, n * pageElems) * this.elemBytes);
+    try {
+      this.addon.upload(idx, 0, pages);
+      this.addon.gather({ x: this.keys[l], elemBytes: this.elemBytes, indices: idx, numIndices: n, outer: 1, axisDim: numPages, inner: pageElems, out });
+      let kCache: Float32Array;
+      if (this.kvDtype === 'fp32') {
+        kCache = new Float32Array(n * pageElems);
+        this.addon.download(out, 0, kCache);
+      } else {
+        const raw = new Uint16Array(n * pageElems);
+        this.addon.download(out, 0, raw);
+        kCache = decodeFp16(raw);
+      }
+      return { layout: { ...this.layout, numPages: n }, kCache, pages: Int32Array.from({ length: n }, (_, i) => i) };
+    } finally {
+      this.addon.free(idx);
+      this.addon.free(out);
+    }
   }
 
   /** Recomputes boxes of pages written out of order, over each page's first `fills[i]` slots (whole page by default). */

@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadCudaAddon } from './addon-loader.js';
-import { checkBackendOps, checkExecutors } from './backend-checks.js';
+import { checkBackendOps, checkExecutors, checkPolicies } from './backend-checks.js';
 import type { BenchmarkTuning } from './benchmark-attention.js';
 import { HEAD_SHAPES, formatSuiteTable, parseKvDtype, parseModes, runAttentionSuite, sdpaShapes } from './benchmark-suite.js';
 import type { SdpaResult } from './benchmark-suite.js';
@@ -60,7 +60,7 @@ async function main(): Promise<void> {
       log(fmt(r));
       checks.push(r);
     }
-    for (const r of await checkExecutors()) {
+    for (const r of [...(await checkExecutors()), ...(await checkPolicies(addon))]) {
       log(fmt(r));
       checks.push(r);
     }

@@ -12,6 +12,7 @@ import {
   createQuestPolicy,
   decodeFp16,
   encodeFp16,
+  packSelections,
   pagedAttentionDecodeDense,
   rebuildPageMetadata,
   createPageMetadataLayer,
@@ -19,12 +20,14 @@ import {
   sparsePagedAttention,
   updatePageMetadata,
 } from '@tinyserve/kv-retriever';
+import type { GqaAggregation, HeadSelection, PagedAttentionDecodeParams } from '@tinyserve/kv-retriever';
 import { appendKvToPages, attendOverPages } from '../kernels/paged-attention-cpu.js';
 import { computeRopeTables, rotateHead } from '../kernels/rope.js';
 import type { CudaAddon, DeviceBuffer, PlanUpdateParams } from './addon-types.js';
 import { CudaKvCache } from './cuda-kv-cache.js';
 import type { CudaKvDtype, CudaMetaDtype } from './cuda-kv-cache.js';
 import { CudaStepPlan, selectionTopK } from './step-plan.js';
+import type { PlanInfo } from './addon-types.js';
 
 export interface GpuCheckResult {
   name: string;
@@ -317,6 +320,11 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
     const denseErr = relativeError(dense, denseRef);
     results.push({ name: `${sc.name}: dense decode`, ok: denseErr < TOL[sc.kvDtype], relErr: denseErr, detail: planNote });
 
+    if (sc.selection) {
+      const route = { plan, cache, scratch, layout, meta: gpuMeta, q: qGot, qBuf: qOut, pageIndptr, pageIndices, seqLens, decodeRef, denseRef, info };
+      results.push(...checkPolicyRoute(addon, sc, route));
+    }
+
     if (sc.selection && topK) {
       scratch.poison(out, T * Hq * D);
       addon.decodeSparse(plan.handle, {
@@ -427,6 +435,164 @@ function checkInt8Append(
     shadow.dispose();
     shadowPlan.release();
   }
+}
+
+/** What {@link checkPolicyRoute} needs of a decode scenario's step (after the append). */
+interface PolicyRouteContext {
+  plan: CudaStepPlan;
+  cache: CudaKvCache;
+  scratch: Scratch;
+  layout: KvLayout;
+  /** The metadata after the append, as downloaded. */
+  meta: { min: Float32Array; max: Float32Array };
+  /** The GPU's rotated queries, on the host and on the device. */
+  q: Float32Array;
+  qBuf: DeviceBuffer;
+  pageIndptr: Int32Array;
+  pageIndices: Int32Array;
+  seqLens: Int32Array;
+  decodeRef: PagedAttentionDecodeParams;
+  denseRef: Float32Array;
+  info: PlanInfo;
+}
+
+/**
+ * The kernels of the policy route (a selection policy in JavaScript between scoring and
+ * attention) on the scenario's step, given the same inputs as the TypeScript references: page
+ * scores with max and sum aggregation against `scorePages` (bit for bit: both sum the exact
+ * products in float64 in the same order), and attention over given page lists against
+ * `sparsePagedAttention`: the quest policy's pages; random lists, some empty, for some
+ * sequences listed out of order with 3 splits (the rows of unlisted sequences must stay as
+ * they were); and every page (equals dense decode).
+ */
+function checkPolicyRoute(addon: CudaAddon, sc: AttentionScenario, c: PolicyRouteContext): GpuCheckResult[] {
+  const results: GpuCheckResult[] = [];
+  const { layout, plan, cache, scratch, pageIndptr, pageIndices, seqLens } = c;
+  const { numKvHeads: Hk, headDim: D } = layout;
+  const Hq = sc.numQHeads;
+  const S = seqLens.length;
+  const qRow = Hq * D;
+  const pagesOf = (s: number) => pageIndices.subarray(pageIndptr[s], pageIndptr[s + 1]);
+  const queryOf = (s: number) => c.q.subarray(s * qRow, (s + 1) * qRow);
+  const allSeqs = Int32Array.from({ length: S }, (_, s) => s);
+
+  const offsets = new Int32Array(S);
+  let total = 0;
+  for (let s = 0; s < S; s++) {
+    offsets[s] = total;
+    total += Hk * pagesOf(s).length;
+  }
+  for (const aggregation of ['max', 'sum'] as GqaAggregation[]) {
+    const out = scratch.floats(total);
+    addon.pageScore(plan.handle, {
+      q: c.qBuf,
+      metaMin: cache.metaMin[0],
+      metaMax: cache.metaMax[0],
+      metaDtype: cache.metaCode,
+      aggregateSum: aggregation === 'sum',
+      out,
+      seqs: allSeqs,
+      outOffsets: offsets,
+    });
+    const got = scratch.read(out, total);
+    const ref = new Float32Array(total);
+    for (let s = 0; s < S; s++) {
+      const n = Hk * pagesOf(s).length;
+      scorePages({ layout, metadata: c.meta, query: queryOf(s), numQHeads: Hq, pages: pagesOf(s), aggregation, out: ref.subarray(offsets[s], offsets[s] + n) });
+    }
+    let differ = 0;
+    let worst = 0;
+    for (let i = 0; i < total; i++) {
+      if (got[i] === ref[i]) continue;
+      differ++;
+      const rel = Math.abs(got[i] - ref[i]) / Math.max(1, Math.abs(ref[i]));
+      worst = Number.isNaN(rel) ? Infinity : Math.max(worst, rel);
+    }
+    results.push({
+      name: `${sc.name}: page scores (${aggregation}) vs scorePages`,
+      ok: differ === 0,
+      relErr: worst,
+      detail: `${total} (page, KV head) scores, ${differ} not bit-identical`,
+    });
+  }
+
+  const TOLS = TOL[sc.kvDtype];
+  const T = S;
+  const out = scratch.floats(T * qRow);
+  const base = { q: c.qBuf, ...cache.layerBuffers(0), out, scale: c.decodeRef.scale };
+  const refOf = (selections: HeadSelection[]) => {
+    const packed = packSelections(selections);
+    return { packed, ref: sparsePagedAttention({ ...c.decodeRef, query: c.q, selectedIndptr: packed.selectedIndptr, selectedPages: packed.selectedPages }) };
+  };
+
+  // The quest policy's pages, from the same metadata and queries.
+  const cfg = sc.selection!;
+  const policy = createQuestPolicy(
+    { policy: 'quest', selectionRatio: cfg.selectionRatio, tokenBudget: cfg.tokenBudget, sinkPages: cfg.sinkPages, denseLayers: 0, useFusedKernel: false },
+    { pageSize: layout.pageSize },
+  );
+  const quest: HeadSelection[] = Array.from(allSeqs, (s) =>
+    policy.select({ layout, layer: 0, pages: pagesOf(s), numTokens: seqLens[s], query: queryOf(s), numQHeads: Hq, metadata: c.meta }),
+  );
+  {
+    const { packed, ref } = refOf(quest);
+    scratch.poison(out, T * qRow);
+    addon.decodeSelected(plan.handle, { ...base, seqs: allSeqs, indptr: packed.selectedIndptr, pages: packed.selectedPages });
+    const err = relativeError(scratch.read(out, T * qRow), ref);
+    results.push({
+      name: `${sc.name}: attention over the quest policy's pages (policy route)`,
+      ok: err < TOLS,
+      relErr: err,
+      detail: `${packed.selectedPages.length} (page, KV head) pairs; ${c.info.headsPerCta} heads/CTA`,
+    });
+  }
+
+  // Random lists for the last and first sequences (in that order), the first list empty.
+  {
+    const r = rng(sc.seed + 1000);
+    const listed = S > 1 ? [S - 1, 0] : [0];
+    const selections: HeadSelection[] = Array.from(allSeqs, (s) => {
+      const np = pagesOf(s).length;
+      const indptr = new Int32Array(Hk + 1);
+      const indices: number[] = [];
+      for (let j = 0; j < Hk; j++) {
+        if (listed.includes(s) && !(s === listed[0] && j === 0)) for (let p = 0; p < np; p++) if (r() < 0.3 || p === np - 1) indices.push(p);
+        indptr[j + 1] = indices.length;
+      }
+      return { indptr, indices: Int32Array.from(indices) };
+    });
+    const { ref } = refOf(selections);
+    const mine = packSelections(listed.map((s) => selections[s]));
+    scratch.poison(out, T * qRow);
+    addon.decodeSelected(plan.handle, { ...base, seqs: Int32Array.from(listed), indptr: mine.selectedIndptr, pages: mine.selectedPages, splits: 3 });
+    const got = scratch.read(out, T * qRow);
+    const rows = (src: Float32Array, seqs: number[]) => Float32Array.from(seqs.flatMap((s) => Array.from(src.subarray(s * qRow, (s + 1) * qRow))));
+    const err = relativeError(rows(got, listed), rows(ref, listed));
+    const others = allSeqs.filter((s) => !listed.includes(s));
+    const touched = others.filter((s) => got.subarray(s * qRow, (s + 1) * qRow).some((x) => !Number.isNaN(x))).length;
+    results.push({
+      name: `${sc.name}: attention over random page lists (empty heads, 3 splits, a subset of sequences)`,
+      ok: err < TOLS && touched === 0,
+      relErr: err,
+      detail: `sequences ${listed.join(', ')} listed; ${touched} of ${others.length} unlisted rows written`,
+    });
+  }
+
+  // Every page listed: dense decode.
+  {
+    const every: HeadSelection[] = Array.from(allSeqs, (s) => {
+      const np = pagesOf(s).length;
+      const indices = new Int32Array(Hk * np);
+      for (let j = 0; j < Hk; j++) for (let p = 0; p < np; p++) indices[j * np + p] = p;
+      return { indptr: Int32Array.from({ length: Hk + 1 }, (_, j) => j * np), indices };
+    });
+    const packed = packSelections(every);
+    scratch.poison(out, T * qRow);
+    addon.decodeSelected(plan.handle, { ...base, seqs: allSeqs, indptr: packed.selectedIndptr, pages: packed.selectedPages });
+    const err = relativeError(scratch.read(out, T * qRow), c.denseRef);
+    results.push({ name: `${sc.name}: page lists of every page equal dense decode`, ok: err < TOLS, relErr: err, detail: '' });
+  }
+  return results;
 }
 
 function compareCache(name: string, cache: CudaKvCache, hostK: Float32Array, hostV: Float32Array): GpuCheckResult {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { loadCudaAddon } from './addon-loader.js';
-import { checkBackendOps, checkExecutors } from './backend-checks.js';
+import { checkBackendOps, checkExecutors, checkPolicies } from './backend-checks.js';
 import { defaultScenarios, runGpuChecks } from './gpu-checks.js';
 
 /** The kernels and the backend on a real GPU; everywhere else this suite is skipped. */
@@ -18,7 +18,7 @@ if (!probe.ok) console.warn(`skipping the CUDA GPU tests: ${probe.reason}`);
 describe.skipIf(!probe.ok)('CUDA kernels and backend on the GPU', () => {
   const addon = probe.ok ? probe.addon : (null as never);
 
-  it('match the TypeScript references (append, metadata, dense, fused sparse, prefill)', { timeout: 120_000 }, () => {
+  it('match the TypeScript references (append, metadata, dense, fused sparse, page scores, page lists, prefill)', { timeout: 120_000 }, () => {
     const results = runGpuChecks(addon, defaultScenarios());
     expect(results.filter((r) => !r.ok)).toEqual([]);
   });
@@ -29,5 +29,9 @@ describe.skipIf(!probe.ok)('CUDA kernels and backend on the GPU', () => {
 
   it('run the executors like the cpu executor', { timeout: 120_000 }, async () => {
     expect((await checkExecutors()).filter((r) => !r.ok)).toEqual([]);
+  });
+
+  it('run every selection policy like the cpu executor, fused and policy route alike', { timeout: 180_000 }, async () => {
+    expect((await checkPolicies(addon)).filter((r) => !r.ok)).toEqual([]);
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { RequestValidationError } from '@tinyserve/core';
-import { selectionTopK, trimPageTable } from './step-plan.js';
+import { selectionRowPages, selectionTopK, trimPageTable } from './step-plan.js';
 import { broadcastShape, broadcastStrides } from './cuda-kernels.js';
 import { modeLabel } from './benchmark-attention.js';
 import { formatSuiteTable, sdpaShapes } from './benchmark-suite.js';
@@ -32,6 +32,17 @@ describe('selectionTopK', () => {
     expect(Array.from(selectionTopK(lens, 16, { selectionRatio: 0.3, tokenBudget: null }))).toEqual([615, 3, 1]);
     // 0.7 * 10 pages is 7, not 8 (the policies' epsilon).
     expect(Array.from(selectionTopK(Int32Array.from([160]), 16, { selectionRatio: 0.7, tokenBudget: null }))).toEqual([7]);
+  });
+});
+
+describe('selectionRowPages', () => {
+  it('bounds what the fused selection keeps: top-K, forced pages when more, at most the pages there are', () => {
+    const lens = Int32Array.from([160, 40, 5]);
+    expect(selectionRowPages(lens, 16, Int32Array.from([3, 3, 3]), 1)).toBe(3);
+    // Three sinks and the current page outnumber K = 2.
+    expect(selectionRowPages(lens, 16, Int32Array.from([2, 2, 2]), 3)).toBe(4);
+    // K beyond every sequence's pages: the longest has 10.
+    expect(selectionRowPages(lens, 16, Int32Array.from([64, 64, 64]), 1)).toBe(10);
   });
 });
 

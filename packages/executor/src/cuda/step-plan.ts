@@ -47,6 +47,20 @@ export function selectionTopK(
   return out;
 }
 
+/**
+ * The most pages the fused selection can keep for one (sequence, KV head): the top-K, or the
+ * forced pages (sinks and the current page) when they are more, never more than the sequence
+ * has. Bounds the rows of a selection log.
+ */
+export function selectionRowPages(seqLens: Int32Array, pageSize: number, topK: Int32Array, sinkPages: number): number {
+  let rows = 1;
+  for (let s = 0; s < seqLens.length; s++) {
+    const np = Math.ceil(seqLens[s] / pageSize);
+    rows = Math.max(rows, Math.min(np, Math.max(topK[s], Math.min(sinkPages, np) + 1)));
+  }
+  return rows;
+}
+
 /** A reusable plan: device scratch grows as needed and is kept between steps. */
 export class CudaStepPlan {
   readonly handle: StepPlanHandle;

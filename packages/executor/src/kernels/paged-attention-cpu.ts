@@ -270,8 +270,14 @@ class PageRows {
   }
 }
 
-/** Checks a selection's shape against the step, so the loops never read outside a sequence's pages. */
-function checkSelection(p: PagedAttentionParams, sel: PageSelection): void {
+/**
+ * Checks a selection's shape against the step, so the loops never read outside a sequence's
+ * pages (the cuda kernel checks with it too, so both backends reject a bad selection alike).
+ */
+export function checkPageSelection(
+  p: Pick<PagedAttentionParams, 'numTokens' | 'numKvHeads' | 'pageSize' | 'pageIndptr' | 'tokenSeq' | 'tokenPos'>,
+  sel: PageSelection,
+): void {
   const numSeqs = p.pageIndptr.length - 1;
   const H = p.numKvHeads;
   if (sel.sparse.length !== numSeqs || sel.indptr.length !== numSeqs * H + 1 || sel.indptr[numSeqs * H] !== sel.pages.length) {
@@ -324,7 +330,7 @@ export function attendOverPages(p: PagedAttentionParams, queries: Float32Array =
     throw new RequestValidationError('queries', `must hold numTokens*numHeads*headDim = ${numTokens * qRow} floats, got ${queries.length}`);
   }
   const sel = p.selection;
-  if (sel) checkSelection(p, sel);
+  if (sel) checkPageSelection(p, sel);
   const pagesPerChunk = Math.max(1, Math.floor(p.chunkSize / pageSize));
   const chunkKeys = pagesPerChunk * pageSize;
   const q = new Float64Array(group * D);
