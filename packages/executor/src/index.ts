@@ -67,7 +67,7 @@ export { CudaStepPlan, trimPageTable, selectionTopK, selectionRowPages } from '.
 export { CudaBackend } from './cuda/cuda-backend.js';
 export { CUDA_BACKEND_NAME, CUDA_KERNEL_NAMES, registerCudaKernels, broadcastShape, broadcastStrides } from './cuda/cuda-kernels.js';
 export { CudaExecutor, activateCudaBackend } from './cuda/cuda-executor.js';
-export { benchmarkAttention, modeLabel } from './cuda/benchmark-attention.js';
-export type { BenchmarkAttentionParams, BenchmarkAttentionResult, BenchmarkMode, BenchmarkTuning } from './cuda/benchmark-attention.js';
+export { benchmarkAttention, modeLabel, traceSparseLaunch, SPARSE_TRACE_SLOTS } from './cuda/benchmark-attention.js';
+export type { BenchmarkAttentionParams, BenchmarkAttentionResult, BenchmarkMode, BenchmarkTuning, SparseTimeline } from './cuda/benchmark-attention.js';
 export { runGpuChecks, runAttentionScenario, defaultScenarios, relativeError } from './cuda/gpu-checks.js';
 export type { GpuCheckResult, AttentionScenario } from './cuda/gpu-checks.js';

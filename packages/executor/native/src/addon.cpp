@@ -332,6 +332,9 @@ static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value
   s.phases = (int)integer(env, o, "phases", 3);
   if (s.phases != 1 && s.phases != 2 && s.phases != 3 && s.phases != 5)
     throw ArgError("phases: must be 1 (score and select), 2 (attend), 3 (both) or 5 (score only), got " + std::to_string(s.phases));
+  s.trace = nullptr;
+  if (has(env, o, "trace"))
+    s.trace = reinterpret_cast<unsigned long long*>(bufferArg(env, o, "trace", 2 + (long)plan->numSeqs * plan->numKvHeads * SPARSE_TRACE_SLOTS, 8));
   s.topK = plan->topK;
   s.sinkPages = plan->sinkPages;
   s.maxPages = plan->maxPages;

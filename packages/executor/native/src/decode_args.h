@@ -59,6 +59,11 @@ struct SparseArgs {
   int* ready;          // [numSeqs * numKvHeads]: the pair's selected count + 1 once its selection is written; re-armed to 0 by its last attender
   int* pairDone;       // [numSeqs * numKvHeads]: head chunks of the pair finished (re-armed with `ready`)
   int phases;          // bit 1: score and select, bit 2: attend, 5: score only (benchmark breakdowns); 3 normally
+  /**
+   * Null, or a timeline for benchmarks (globaltimer ns): [0] the first CTA's start, [1] the last
+   * CTA's end, then SPARSE_TRACE_SLOTS per (sequence, KV head), see decode_sparse.cu.
+   */
+  unsigned long long* trace;
 };
 
 /**
@@ -94,6 +99,9 @@ struct SelectedArgs {
   const int* listIndptr;
   const int* listPages;
 };
+
+/** Timeline slots per (sequence, KV head) of a traced sparse launch. */
+constexpr int SPARSE_TRACE_SLOTS = 10;
 
 /** Causal attention of new tokens (prefill chunks, or any mix) over their sequences' pages. */
 struct PrefillArgs {

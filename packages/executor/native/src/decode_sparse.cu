@@ -22,6 +22,22 @@ constexpr int SPARSE_WARPS = 4;
 constexpr int SPARSE_THREADS = SPARSE_WARPS * 32;
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
+/** Nanoseconds of the GPU's global timer (comparable across SMs). */
+__device__ __forceinline__ unsigned long long globalNs() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+/**
+ * A traced launch's timeline slots per (sequence, KV head): when its last scoring chunk
+ * finished, when its selector had the keys in shared memory, had found the threshold, had
+ * written the pages, had published them; when its first attender saw them, its last attender
+ * finished attending, its last merge was written (the latest over head chunks); the selection's
+ * counting rounds and whether it ended on an exact count.
+ */
+enum TraceSlot { TR_SCORED = 0, TR_KEYS, TR_THRESHOLD, TR_WRITTEN, TR_PUBLISHED, TR_SEEN, TR_ATTENDED, TR_MERGED, TR_ROUNDS, TR_EXACT };
+
 /** Order-preserving map of floats to unsigned keys (larger float, larger key). */
 __device__ __forceinline__ unsigned floatKey(float s) {
   const unsigned u = __float_as_uint(s + 0.0f);  // -0 becomes +0, as JavaScript compares them
@@ -145,7 +161,7 @@ __device__ __forceinline__ int blockCount(int v, int* red, int& round) {
  */
 __device__ __noinline__ int selectPages(const float* __restrict__ scores, const int* __restrict__ pages, int n, int K, int sinks,
                            int* __restrict__ sel, int* __restrict__ selPhys, int* __restrict__ count, unsigned* keys,
-                           int* physS) {
+                           int* physS, unsigned long long* tr) {
   __shared__ int red[64];
   __shared__ unsigned agg[4][32];
   __shared__ unsigned scan[33];
@@ -206,6 +222,7 @@ __device__ __noinline__ int selectPages(const float* __restrict__ scores, const 
     agg[3][warp] = orK;
   }
   __syncthreads();  // also publishes the keys
+  if (tr != nullptr && tid == 0) tr[TR_KEYS] = globalNs();
   int kept = 0, cand = 0;
   unsigned andAll = FULL_MASK, orAll = 0u;
   for (int w = 0; w < nw; w++) {
@@ -249,7 +266,12 @@ __device__ __noinline__ int selectPages(const float* __restrict__ scores, const 
       for (int p = tid; p < n; p += nt) local += keys[skew(p)] > thr;
       ties = K - blockCount(local, red, round);
     }
+    if (tr != nullptr && tid == 0) {
+      tr[TR_ROUNDS] = (unsigned long long)round;
+      tr[TR_EXACT] = exact ? 1ull : 0ull;
+    }
   }
+  if (tr != nullptr && tid == 0) tr[TR_THRESHOLD] = globalNs();
 
   // Thread-contiguous ranges: a page's position is the chosen pages before it, i.e. the pages
   // above the threshold before it plus the ties before it, capped at `ties`.
@@ -288,6 +310,7 @@ __device__ __noinline__ int selectPages(const float* __restrict__ scores, const 
     }
   }
   if (tid == 0) __stcg(count, total);
+  if (tr != nullptr && tid == 0) tr[TR_WRITTEN] = globalNs();
   return total;
 }
 
@@ -303,6 +326,7 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
   const bool stage = a.maxPages <= SELECT_STAGED_PAGES;
   __shared__ int lastFlag;
   __shared__ int readyCount;
+  if (a.trace != nullptr && threadIdx.x == 0) atomicMin(a.trace, globalNs());
 
   // Phases 1-2: scores, then selection by the last scorer of each (sequence, KV head).
   const int scoreItems = (a.phases & 1) ? pairs * chunksPerPair : 0;
@@ -331,6 +355,7 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
       __threadfence();
       lastFlag = atomicAdd(a.scoreCounters + pair, 1) == chunksPerPair - 1;
       if (lastFlag) __threadfence();
+      if (lastFlag && a.trace != nullptr) a.trace[2 + pair * SPARSE_TRACE_SLOTS + TR_SCORED] = globalNs();
     }
     __syncthreads();
     if (lastFlag && (a.phases & 4)) {  // score-only timing: no selection
@@ -340,14 +365,16 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
       unsigned* keys = reinterpret_cast<unsigned*>(smem);
       int* physS = stage ? reinterpret_cast<int*>(keys + np + (np >> 5) + 1) : nullptr;
       const long row = (long)pair * a.maxPages;
+      unsigned long long* tr = a.trace != nullptr ? a.trace + 2 + pair * SPARSE_TRACE_SLOTS : nullptr;
       const int count = selectPages(a.scores + row, d.pageIndices + base, np, K, a.sinkPages, a.selected + row,
-                                    a.selectedPhys + row, a.selectedCount + pair, keys, physS);
+                                    a.selectedPhys + row, a.selectedCount + pair, keys, physS, tr);
       // Publish the count: the pair's attenders may start (no grid-wide barrier, so attention
       // overlaps scoring). A select-only launch (phases 1) publishes nothing, so no flag is left set.
       __syncthreads();
       if (threadIdx.x == 0 && (a.phases & 2)) {
         __threadfence();
         atomicExch(a.ready + pair, count + 1);
+        if (tr != nullptr) tr[TR_PUBLISHED] = globalNs();
       }
     }
   }
@@ -369,6 +396,7 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
         while ((r = atomicAdd(a.ready + pair, 0)) == 0) __nanosleep(64);
         __threadfence();
         readyCount = r - 1;
+        if (a.trace != nullptr) atomicMin(a.trace + 2 + pair * SPARSE_TRACE_SLOTS + TR_SEEN, globalNs());
       }
       __syncthreads();
       count = readyCount;
@@ -381,9 +409,11 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
     __syncthreads();  // the previous item's merge may still read the scratch run() writes
     Core::run(d.q + seq * d.qStride + h0 * D, static_cast<const KV*>(d.kCache), static_cast<const KV*>(d.vCache), d.kScale,
               d.vScale, kvh, d.numKvHeads, d.pageSize, src, iBeg, iEnd, gCount, d.scaleLog2, smem);
+    if (a.trace != nullptr && threadIdx.x == 0) atomicMax(a.trace + 2 + pair * SPARSE_TRACE_SLOTS + TR_ATTENDED, globalNs());
     const bool merged = finishDecode<Core>(smem, d.numSplits, split, d.partial, d.counters, unit, d.out + seq * d.outStride + h0 * D, gCount);
     // The unit's last CTA has seen every split pass the wait: once all head chunks of the pair
     // are done, re-arm the pair's flags for the next launch.
+    if (merged && threadIdx.x == 0 && a.trace != nullptr) atomicMax(a.trace + 2 + pair * SPARSE_TRACE_SLOTS + TR_MERGED, globalNs());
     if (merged && threadIdx.x == 0 && (a.phases & 1)) {
       if (atomicAdd(a.pairDone + pair, 1) == d.headChunks - 1) {
         a.pairDone[pair] = 0;
@@ -391,6 +421,7 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
       }
     }
   }
+  if (a.trace != nullptr && threadIdx.x == 0) atomicMax(a.trace + 1, globalNs());
 }
 
 template <class Core>

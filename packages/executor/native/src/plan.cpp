@@ -24,7 +24,8 @@ int occupancy(const KernelInfo& k, int smem) {
  * partial result (`slotFloats`) to the last CTA's merge, which reads them all. Each split gets
  * at least `minPages` pages. Cost in units of one unit's work spread over the whole GPU; the
  * charges are fitted to H200 timings at 32K context: a TinyLlama group (16-head slots) at
- * batch 1 is fastest with 33-64 splits (132-256 CTAs, 28 us; 23 splits: 34 us; 128: 39 us),
+ * batch 1 is fastest with 33 or 64 splits (132 or 256 CTAs, 28 us; 23 splits: 34 us; 45: 31 us
+ * (some SMs with one CTA, some with two); 128: 39 us), so it gets 32,
  * one-head GPT-2 slots at batch 1 with a full wave (33 splits: 53 us; 23: 67 us), while at
  * batch 8 and 32 more waves of smaller splits only lose (GPT-2 batch 8: 6 splits 292 us, 33
  * splits 319 us).
@@ -36,7 +37,7 @@ int chooseSplits(int requested, int units, int maxWork, int minPages, int reside
   double bestCost = 1e30;
   for (int s = 1; s <= cap; s++) {
     const double waves = std::ceil((double)units * s / std::max(resident, 1));
-    const double cost = waves / s + 0.005 * waves + (double)s * slotFloats / (1 << 21);
+    const double cost = waves / s + 0.005 * waves + (double)s * slotFloats / (1 << 20);
     if (cost < bestCost - 1e-12) {
       bestCost = cost;
       best = s;

@@ -129,6 +129,11 @@ export interface SparseLayerArgs extends DecodeLayerArgs {
    * selection only, 3 (default) the whole step.
    */
   phases?: 1 | 2 | 3 | 5;
+  /**
+   * For benchmarks: a buffer of (2 + numSeqs * numKvHeads * SPARSE_TRACE_SLOTS) uint64 that the
+   * launch fills with its timeline in GPU-timer nanoseconds (see `traceSparseLaunch`).
+   */
+  trace?: DeviceBuffer;
 }
 
 /**

@@ -7,7 +7,7 @@
  * sparse, queries and outputs), reported against the device's measured copy bandwidth.
  */
 import { RequestValidationError } from '@tinyserve/core';
-import type { CudaAddon, DeviceBuffer, PlanInfo, TimedCall } from './addon-types.js';
+import type { CudaAddon, DeviceBuffer, PlanInfo, SparseLayerArgs, TimedCall } from './addon-types.js';
 import { KV_DTYPE, META_DTYPE } from './addon-types.js';
 import { loadCudaAddon } from './addon-loader.js';
 import { CudaStepPlan, selectionTopK } from './step-plan.js';
@@ -43,6 +43,8 @@ export interface BenchmarkAttentionParams {
   iterations?: number;
   warmup?: number;
   tuning?: BenchmarkTuning;
+  /** Sparse modes: also run one traced launch and report its timeline (`sparseTimeline`). */
+  traceSparse?: boolean;
   /** The device's copy bandwidth in GB/s (read + write); measured when absent. */
   copyGbPerSecond?: number;
 }
@@ -76,8 +78,72 @@ export interface BenchmarkAttentionResult {
    */
   scoreMicroseconds?: number;
   selectMicroseconds?: number;
+  /** Sparse with `traceSparse`: one launch's timeline. */
+  sparseTimeline?: SparseTimeline;
   attendMicroseconds?: number;
   plan: PlanInfo;
+}
+
+/** Timeline slots per (sequence, KV head) of a traced sparse launch (decode_args.h). */
+export const SPARSE_TRACE_SLOTS = 10;
+const TRACE_EVENTS = ['scored', 'keysLoaded', 'thresholdFound', 'pagesWritten', 'published', 'firstAttender', 'attended', 'merged'] as const;
+
+/**
+ * One fused sparse launch seen from the GPU's global timer, in microseconds since its first CTA
+ * started, the median over (sequence, KV head) pairs: when the pair's last page-scoring chunk
+ * finished, its selector had the keys in shared memory, had found the K-th largest key, had
+ * written the pages, had published them; when its first attender saw them, its attenders had
+ * finished, its merged output was written. `end`: the last CTA's exit. `rounds`: median
+ * counting rounds of the selection; `exactFraction`: pairs whose search ended on an exact count.
+ */
+export interface SparseTimeline {
+  scored: number;
+  keysLoaded: number;
+  thresholdFound: number;
+  pagesWritten: number;
+  published: number;
+  firstAttender: number;
+  attended: number;
+  merged: number;
+  end: number;
+  rounds: number;
+  exactFraction: number;
+  pairs: number;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.floor(s.length / 2)];
+}
+
+/** Runs one traced launch of a sparse call and summarises its timeline. */
+export function traceSparseLaunch(addon: CudaAddon, plan: TimedCall['plan'], args: SparseLayerArgs, pairs: number): SparseTimeline {
+  const n = 2 + pairs * SPARSE_TRACE_SLOTS;
+  const host = new BigUint64Array(n);
+  const MAX = 0xffffffffffffffffn;
+  host[0] = MAX;
+  for (let p = 0; p < pairs; p++) host[2 + p * SPARSE_TRACE_SLOTS + 5] = MAX;  // first attender: a minimum
+  const trace = addon.alloc(n * 8);
+  try {
+    addon.upload(trace, 0, host);
+    addon.decodeSparse(plan, { ...args, trace });
+    addon.synchronize();
+    addon.download(trace, 0, host);
+  } finally {
+    addon.free(trace);
+  }
+  const t0 = host[0];
+  const us = (t: bigint): number => Number(t - t0) / 1000;
+  const summary = { end: us(host[1]), pairs } as SparseTimeline;
+  TRACE_EVENTS.forEach((name, i) => {
+    summary[name] = median(Array.from({ length: pairs }, (_, p) => us(host[2 + p * SPARSE_TRACE_SLOTS + i])));
+  });
+  const rounds = Array.from({ length: pairs }, (_, p) => Number(host[2 + p * SPARSE_TRACE_SLOTS + 8]));
+  summary.rounds = median(rounds);
+  let exact = 0;
+  for (let p = 0; p < pairs; p++) exact += Number(host[2 + p * SPARSE_TRACE_SLOTS + 9]);
+  summary.exactFraction = exact / pairs;
+  return summary;
 }
 
 export function modeLabel(m: BenchmarkMode): string {
@@ -199,6 +265,8 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
       const us = timed.gpu;
       const phaseUs = (phases: 1 | 2 | 5): number => perCall(addon.timeCalls(calls.map((c) => ({ ...c, args: { ...c.args, phases } })), rounds, 1)).gpu;
       const breakdown = mode.kind === 'sparse' ? { scoreMicroseconds: phaseUs(5), selectMicroseconds: phaseUs(1), attendMicroseconds: phaseUs(2) } : {};
+      const last = calls[calls.length - 1];
+      const timeline = mode.kind === 'sparse' && params.traceSparse ? { sparseTimeline: traceSparseLaunch(addon, last.plan, last.args as SparseLayerArgs, B * Hk) } : {};
       let attendedTokens = B * N * Hk;
       let pagesAttended = setPages * Hk;
       let extra = 0;
@@ -232,6 +300,7 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
         rotations,
         plan: info!,
         ...breakdown,
+        ...timeline,
       });
     }
     return results;

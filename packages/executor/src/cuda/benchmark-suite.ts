@@ -5,7 +5,7 @@
  */
 import type { CudaAddon, CudaDeviceInfo } from './addon-types.js';
 import { benchmarkAttention } from './benchmark-attention.js';
-import type { BenchmarkAttentionResult, BenchmarkMode, BenchmarkTuning } from './benchmark-attention.js';
+import type { BenchmarkAttentionResult, BenchmarkMode, BenchmarkTuning, SparseTimeline } from './benchmark-attention.js';
 
 export interface HeadShape {
   name: string;
@@ -84,6 +84,8 @@ export interface SuiteOptions {
    * are recorded in each row's `tried`, for comparison.
    */
   tunings?: BenchmarkTuning[];
+  /** Sparse modes: one traced launch each, its timeline in the row and the log. */
+  traceSparse?: boolean;
   log?: (line: string) => void;
 }
 
@@ -138,6 +140,7 @@ export function runAttentionSuite(opts: SuiteOptions): SuiteResult {
               metaDtype: opts.metaDtype ?? 'fp16',
               modes: opts.modes ?? DEFAULT_MODES,
               iterations: opts.iterations ?? 40,
+              traceSparse: opts.traceSparse ?? false,
               tuning: effective,
               copyGbPerSecond: copy.gbPerSecond,
             });
@@ -162,11 +165,21 @@ export function runAttentionSuite(opts: SuiteOptions): SuiteResult {
               `(${(100 * row.fractionOfCopy).toFixed(0)}% of copy) splits ${row.plan.denseSplits}/${row.plan.sparseSplits} grid ${row.plan.sparseGrid} ` +
               `${JSON.stringify(row.tuning)} tried ${row.tried.map((t) => t.microseconds.toFixed(1)).join('/')}`,
           );
+          if (row.sparseTimeline) log(`  timeline ${formatTimeline(row.sparseTimeline)}`);
         }
       }
     }
   }
   return { device, copyGbPerSecond: copy.gbPerSecond, rows };
+}
+
+/** One line: each event's median time (us since the launch's first CTA started). */
+export function formatTimeline(t: SparseTimeline): string {
+  const f = (x: number) => x.toFixed(1);
+  return (
+    `scored ${f(t.scored)}, keys ${f(t.keysLoaded)}, threshold ${f(t.thresholdFound)} (${t.rounds} rounds, ${Math.round(100 * t.exactFraction)}% exact), ` +
+    `written ${f(t.pagesWritten)}, published ${f(t.published)}, first attender ${f(t.firstAttender)}, attended ${f(t.attended)}, merged ${f(t.merged)}, end ${f(t.end)} us (${t.pairs} pairs)`
+  );
 }
 
 function findSdpa(sdpa: SdpaResult[], r: SuiteRow): SdpaResult | undefined {

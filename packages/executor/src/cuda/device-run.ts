@@ -36,6 +36,8 @@ const { values: args } = parseArgs({
     iterations: { type: 'string', default: '40' },
     /** KV format of our kernels in the benchmark: fp16 (default), fp32 or int8 (SDPA stays fp16). */
     'kv-dtype': { type: 'string', default: 'fp16' },
+    /** One traced launch per sparse row: where the fused step's time goes. */
+    trace: { type: 'boolean', default: false },
   },
 });
 
@@ -104,6 +106,7 @@ async function main(): Promise<void> {
     kvDtype,
     iterations: Number(args.iterations),
     tunings: JSON.parse(args.tunings!) as BenchmarkTuning[],
+    traceSparse: args.trace,
     log,
   });
   const table = formatSuiteTable(suite, sdpa);
