@@ -48,7 +48,7 @@ export interface BenchmarkAttentionParams {
   modes?: BenchmarkMode[];
   /** Timed calls per mode (default 50 on cuda, 10 on wasm/cpu). */
   iterations?: number;
-  /** Untimed calls first, per mode and per phase (default 5; on wasm/cpu they also let the JIT settle). */
+  /** Untimed calls before each mode is timed (default 5; on wasm/cpu they also let the JIT settle). */
   warmup?: number;
   /** wasm/cpu: keys per online-softmax chunk, as `attentionChunkSize` (default 256). */
   chunkSize?: number;

@@ -6,6 +6,7 @@ export type { ThroughputRow } from '@tinyserve/scheduler';
 export {
   HEAD_SHAPES,
   DEFAULT_MODES,
+  modeLabel,
   parseModes,
   parseKvDtype,
   parseHeadShapes,
