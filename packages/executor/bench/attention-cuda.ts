@@ -11,15 +11,12 @@
  *     [--modes dense,ratio:0.3,ratio:0.125,budget:2048] [--tunings '[{},{"headsPerCta":4}]'] [--kv-dtype fp16|fp32|int8]
  *     [--out dir] [--json]
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { loadCudaAddon } from '../src/index.js';
-import type { BenchmarkTuning } from '../src/index.js';
-import { HEAD_SHAPES, formatSuiteTable, parseKvDtype, parseModes, runAttentionSuite, sdpaShapes } from '../src/cuda/benchmark-suite.js';
-import type { SdpaResult } from '../src/cuda/benchmark-suite.js';
+import { formatSuiteTable, loadCudaAddon, parseHeadShapes, parseKvDtype, parseModes, runAttentionSuite, runSdpaBenchmark, sdpaShapes } from '../src/index.js';
+import type { BenchmarkTuning, SdpaResult } from '../src/index.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -38,11 +35,7 @@ const { values: args } = parseArgs({
   },
 });
 
-const shapes = args.shapes!.split(',').map((s) => {
-  const shape = HEAD_SHAPES[s];
-  if (!shape) throw new Error(`unknown head shape '${s}' (known: ${Object.keys(HEAD_SHAPES).join(', ')})`);
-  return shape;
-});
+const shapes = parseHeadShapes(args.shapes!);
 const batches = args.batches!.split(',').map(Number);
 const contexts = args.contexts!.split(',').map(Number);
 const out = args.out ?? mkdtempSync(join(tmpdir(), 'attention-cuda-'));
@@ -52,13 +45,12 @@ const { addon } = loadCudaAddon();
 let sdpa: SdpaResult[] = [];
 if (!args['no-sdpa']) {
   // SDPA first, in its own process: its memory is back before ours is taken.
-  const shapesFile = join(out, 'sdpa-shapes.json');
-  const sdpaFile = join(out, 'sdpa.json');
-  writeFileSync(shapesFile, JSON.stringify(sdpaShapes(shapes, batches, contexts)));
-  const script = new URL('../../../tools/bench-sdpa.py', import.meta.url).pathname;
-  const r = spawnSync(args.python!, [script, '--shapes', shapesFile, '--out', sdpaFile], { stdio: ['ignore', 'inherit', 'inherit'] });
-  if (r.status === 0 && existsSync(sdpaFile)) sdpa = (JSON.parse(readFileSync(sdpaFile, 'utf8')) as { results: SdpaResult[] }).results;
-  else console.error(`PyTorch SDPA did not run (exit ${r.status}); the table has no SDPA column`);
+  try {
+    const run = await runSdpaBenchmark({ shapes: sdpaShapes(shapes, batches, contexts), python: args.python, workDir: out, onOutput: (t) => process.stderr.write(t) });
+    sdpa = run.results;
+  } catch (err) {
+    console.error(`PyTorch SDPA did not run (${err instanceof Error ? err.message : String(err)}); the table has no SDPA column`);
+  }
 }
 const suite = runAttentionSuite({
   addon,

@@ -32,6 +32,33 @@ export {
 } from './kernels/register-kernels.js';
 export type { AttentionStep, StepPageSelector } from './kernels/register-kernels.js';
 
+// attention benchmark (every executor)
+export { benchmarkAttention, attentionBenchmarks } from './attention-benchmark.js';
+export type { AttentionBenchmarkRunner } from './attention-benchmark.js';
+export { modeLabel, resolveBenchmarkAttentionParams } from './attention-benchmark-params.js';
+export type {
+  BenchmarkAttentionParams,
+  BenchmarkAttentionResult,
+  BenchmarkExecutorTraits,
+  BenchmarkMetaDtype,
+  BenchmarkMode,
+  ResolvedBenchmarkAttentionParams,
+  SparseTimeline,
+} from './attention-benchmark-params.js';
+export { benchmarkCpuAttention, cpuCopyBandwidth } from './attention-benchmark-cpu.js';
+export {
+  HEAD_SHAPES,
+  DEFAULT_MODES,
+  parseModes,
+  parseKvDtype,
+  parseHeadShapes,
+  sdpaShapes,
+  runSdpaBenchmark,
+  defaultSdpaScript,
+  formatAttentionTable,
+} from './attention-benchmark-report.js';
+export type { HeadShape, BenchKvDtype, SdpaShape, SdpaResult, SdpaRun, RunSdpaOptions, AttentionTableRow } from './attention-benchmark-report.js';
+
 // cuda
 export { loadCudaAddon, cudaAddonCandidates, resetCudaAddonCache } from './cuda/addon-loader.js';
 export type { LoadCudaAddonOptions, LoadedCudaAddon } from './cuda/addon-loader.js';
@@ -67,7 +94,9 @@ export { CudaStepPlan, trimPageTable, selectionTopK, selectionRowPages } from '.
 export { CudaBackend } from './cuda/cuda-backend.js';
 export { CUDA_BACKEND_NAME, CUDA_KERNEL_NAMES, registerCudaKernels, broadcastShape, broadcastStrides } from './cuda/cuda-kernels.js';
 export { CudaExecutor, activateCudaBackend } from './cuda/cuda-executor.js';
-export { benchmarkAttention, modeLabel, traceSparseLaunch, SPARSE_TRACE_SLOTS } from './cuda/benchmark-attention.js';
-export type { BenchmarkAttentionParams, BenchmarkAttentionResult, BenchmarkMode, BenchmarkTuning, SparseTimeline } from './cuda/benchmark-attention.js';
+export { benchmarkCudaAttention, traceSparseLaunch, SPARSE_TRACE_SLOTS } from './cuda/benchmark-attention.js';
+export type { BenchmarkTuning, CudaBenchmarkOptions, CudaBenchmarkAttentionParams } from './cuda/benchmark-attention.js';
+export { runAttentionSuite, formatSuiteTable } from './cuda/benchmark-suite.js';
+export type { SuiteOptions, SuiteRow, SuiteResult } from './cuda/benchmark-suite.js';
 export { runGpuChecks, runAttentionScenario, defaultScenarios, relativeError } from './cuda/gpu-checks.js';
 export type { GpuCheckResult, AttentionScenario } from './cuda/gpu-checks.js';

@@ -1,8 +1,28 @@
 export { TinyServe } from './tinyserve.js';
-export type { ModelInfo, TinyServeLogger, TinyServeOptions, TinyServeStats } from './tinyserve.js';
-// The facade's benchmark results, re-exported so the CLI needs no lower package.
+export type { ModelInfo, TinyServeLogger, TinyServeOptions, TinyServeStats, AttentionBenchmarkOptions, AttentionExecutorApi } from './tinyserve.js';
+// The facade's benchmark results and their reporting, re-exported so the CLI needs no lower package.
 export { formatThroughputTable } from '@tinyserve/scheduler';
 export type { ThroughputRow } from '@tinyserve/scheduler';
+export {
+  HEAD_SHAPES,
+  DEFAULT_MODES,
+  modeLabel,
+  parseModes,
+  parseKvDtype,
+  parseHeadShapes,
+  sdpaShapes,
+  runSdpaBenchmark,
+  formatAttentionTable,
+} from '@tinyserve/executor';
+export type {
+  BenchmarkAttentionParams,
+  BenchmarkAttentionResult,
+  BenchmarkMode,
+  HeadShape,
+  SdpaResult,
+  SdpaRun,
+  AttentionTableRow,
+} from '@tinyserve/executor';
 // http
 export { createHttpServer } from './http/server.js';
 export type { HttpServerOptions, HttpServerControl, TinyServeHttpServer } from './http/server.js';

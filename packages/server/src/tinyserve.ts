@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import {
+  ConfigError,
   ModelLoadError,
   TinyServeError,
   loadModel,
@@ -19,7 +20,8 @@ import type {
   TinyServeRequest,
   TinyServeResponse,
 } from '@tinyserve/core';
-import { createExecutor } from '@tinyserve/executor';
+import { benchmarkAttention, createExecutor } from '@tinyserve/executor';
+import type { BenchmarkAttentionParams, BenchmarkAttentionResult, BenchmarkMode } from '@tinyserve/executor';
 import { kvPagesForMemory } from '@tinyserve/kv-retriever';
 import { Engine, runThroughputBench } from '@tinyserve/scheduler';
 import type { EngineHandle, EngineRequest, EngineResult, ThroughputBenchOptions, ThroughputRow } from '@tinyserve/scheduler';
@@ -49,6 +51,25 @@ export interface TinyServeOptions {
 }
 
 const GIB = 2 ** 30;
+
+/**
+ * Parameters of `attentionExecutor.benchmarkAttention`: those of the executor package's
+ * `benchmarkAttention`, every one optional. Defaults: the head shape from the loaded model;
+ * the executor serving it (else `config.executor`); `pageSize`, `kvCacheDtype` and
+ * `attentionChunkSize` from the config. `mode` (default: the configured decode attention)
+ * asks for one result; `modes` for one result per mode, on the same synthetic cache.
+ */
+export type AttentionBenchmarkOptions = Partial<BenchmarkAttentionParams> & { mode?: BenchmarkMode };
+
+/** The seed's `tinyserve.attention_executor`. */
+export interface AttentionExecutorApi {
+  /** One result per mode of `params.modes`. */
+  benchmarkAttention(params: AttentionBenchmarkOptions & { modes: BenchmarkMode[] }): Promise<BenchmarkAttentionResult[]>;
+  /** One result: `params.mode`, or the configured decode attention (the seed's form). */
+  benchmarkAttention(params?: Omit<AttentionBenchmarkOptions, 'modes'>): Promise<BenchmarkAttentionResult>;
+}
+
+const HEAD_FIELDS = ['numQHeads', 'numKvHeads', 'headDim'] as const;
 
 /**
  * The library API: the seed's `TinyServe` class in TypeScript. Owns one model, its executor,
@@ -194,6 +215,19 @@ export class TinyServe {
     });
   }
 
+  /**
+   * The seed's `attention_executor`: `benchmarkAttention({ inputSize, numPages, ... })` times
+   * decode attention on a synthetic paged KV cache with the loaded model's head shape on its
+   * executor (see {@link AttentionBenchmarkOptions}); results are plain data, with
+   * `throughputTokensPerMs` as the seed prints it. Without a loaded model, `numQHeads`,
+   * `numKvHeads` and `headDim` must be given.
+   */
+  get attentionExecutor(): AttentionExecutorApi {
+    return {
+      benchmarkAttention: ((params: AttentionBenchmarkOptions = {}) => this.benchmarkAttentionOf(params)) as AttentionExecutorApi['benchmarkAttention'],
+    };
+  }
+
   /** Stops accepting requests and waits for running ones to finish. */
   async drain(): Promise<void> {
     await this.engine?.drain();
@@ -281,6 +315,40 @@ export class TinyServe {
     }
     if (result.sessionId !== undefined) response.sessionId = result.sessionId;
     return response;
+  }
+
+  private async benchmarkAttentionOf(params: AttentionBenchmarkOptions): Promise<BenchmarkAttentionResult | BenchmarkAttentionResult[]> {
+    if (params === null || typeof params !== 'object' || Array.isArray(params)) {
+      throw new ConfigError('params', 'must be an object such as { inputSize: 2048, numPages: 128 }');
+    }
+    const { mode, ...rest } = params;
+    if (mode !== undefined && rest.modes !== undefined) throw new ConfigError('mode', 'give mode (one result) or modes (one result per mode), not both');
+    const given = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined)) as Partial<BenchmarkAttentionParams>;
+    const c = this.model?.config;
+    if (!c) {
+      const missing = HEAD_FIELDS.filter((f) => given[f] === undefined);
+      if (missing.length > 0) {
+        throw new ConfigError(missing[0], `no model is loaded to take the head shape from: give ${missing.join(', ')}, or call loadModel() first`);
+      }
+    }
+    const single = given.modes === undefined;
+    const results = await benchmarkAttention({
+      executor: this.info?.executor ?? this.config.executor,
+      pageSize: this.config.pageSize,
+      kvDtype: this.config.kvCacheDtype,
+      chunkSize: this.config.attentionChunkSize,
+      ...(c ? { numQHeads: c.numHeads, numKvHeads: c.numKvHeads, headDim: c.headDim } : {}),
+      ...given,
+      modes: given.modes ?? [mode ?? this.configuredAttentionMode()],
+    } as BenchmarkAttentionParams);
+    return single ? results[0] : results;
+  }
+
+  /** The decode attention the config asks for: dense, or query-aware top-K at its ratio or budget. */
+  private configuredAttentionMode(): BenchmarkMode {
+    const c = this.config;
+    if (c.selectionPolicy === 'dense') return { kind: 'dense' };
+    return { kind: 'sparse', selectionRatio: c.selectionRatio, tokenBudget: c.tokenBudget, sinkPages: c.sinkPages };
   }
 
   private requireEngine(): Engine {

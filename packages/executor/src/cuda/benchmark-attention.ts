@@ -5,16 +5,17 @@
  * repeated runs do not measure the L2 cache. Bytes are those the kernel must read (the KV of
  * every attended token, int8 scales included, the page metadata and the score scratch for
  * sparse, queries and outputs), reported against the device's measured copy bandwidth.
+ *
+ * `benchmarkAttention` (attention-benchmark.ts) is the entry for every executor; this is its
+ * `cuda` runner, also called directly by the benchmark suite (several tunings, one addon).
  */
-import { RequestValidationError } from '@tinyserve/core';
+import { ConfigError } from '@tinyserve/core';
+import type { BenchmarkAttentionResult, BenchmarkMode, SparseTimeline } from '../attention-benchmark-params.js';
+import { modeLabel } from '../attention-benchmark-params.js';
 import type { CudaAddon, DeviceBuffer, PlanInfo, SparseLayerArgs, TimedCall } from './addon-types.js';
 import { KV_DTYPE, META_DTYPE } from './addon-types.js';
 import { loadCudaAddon } from './addon-loader.js';
 import { CudaStepPlan, selectionTopK } from './step-plan.js';
-
-export type BenchmarkMode =
-  | { kind: 'dense' }
-  | { kind: 'sparse'; selectionRatio?: number; tokenBudget?: number | null; sinkPages?: number };
 
 export interface BenchmarkTuning {
   denseSplits?: number;
@@ -24,9 +25,18 @@ export interface BenchmarkTuning {
   targetCtas?: number;
 }
 
-export interface BenchmarkAttentionParams {
+/** What only the cuda runner reads (`BenchmarkAttentionParams.cuda`). */
+export interface CudaBenchmarkOptions {
   /** Default: the addon from `loadCudaAddon()`. */
   addon?: CudaAddon;
+  tuning?: BenchmarkTuning;
+  /** Pages in the KV pool; default: what the batch needs times the rotation copies. */
+  poolPages?: number;
+  /** Sparse modes: also run one traced launch and report its timeline (`sparseTimeline`). */
+  traceSparse?: boolean;
+}
+
+export interface CudaBenchmarkAttentionParams extends CudaBenchmarkOptions {
   batchSize: number;
   /** Context tokens per sequence (the current one included). */
   inputSize: number;
@@ -38,78 +48,15 @@ export interface BenchmarkAttentionParams {
   kvDtype?: 'fp16' | 'fp32' | 'int8';
   metaDtype?: 'fp16' | 'fp32';
   modes?: BenchmarkMode[];
-  /** Pages in the KV pool; default: what the batch needs times the rotation copies. */
-  numPages?: number;
   iterations?: number;
   warmup?: number;
-  tuning?: BenchmarkTuning;
-  /** Sparse modes: also run one traced launch and report its timeline (`sparseTimeline`). */
-  traceSparse?: boolean;
   /** The device's copy bandwidth in GB/s (read + write); measured when absent. */
   copyGbPerSecond?: number;
-}
-
-export interface BenchmarkAttentionResult {
-  mode: string;
-  batchSize: number;
-  inputSize: number;
-  numQHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  pageSize: number;
-  kvDtype: string;
-  metaDtype: string;
-  /** GPU time per call: CUDA graph replay when the launches can be captured, else back-to-back launches. */
-  microseconds: number;
-  /** Per call with each launch issued from the host (includes launch overhead when it dominates). */
-  microsecondsEager: number;
-  /** Bytes the call must read or write. */
-  bytes: number;
-  gbPerSecond: number;
-  fractionOfCopy: number;
-  /** (page, KV head) pairs attended over those a dense step attends. */
-  pagesAttended: number;
-  pagesTotal: number;
-  /** Copies of the cache rotated through while timing. */
-  rotations: number;
-  /**
-   * Sparse only: the same launch running just the page scoring, scoring + selection, and just
-   * the attention over the last selection.
-   */
-  scoreMicroseconds?: number;
-  selectMicroseconds?: number;
-  /** Sparse with `traceSparse`: one launch's timeline. */
-  sparseTimeline?: SparseTimeline;
-  attendMicroseconds?: number;
-  plan: PlanInfo;
 }
 
 /** Timeline slots per (sequence, KV head) of a traced sparse launch (decode_args.h). */
 export const SPARSE_TRACE_SLOTS = 10;
 const TRACE_EVENTS = ['scored', 'keysLoaded', 'thresholdFound', 'pagesWritten', 'published', 'firstAttender', 'attended', 'merged'] as const;
-
-/**
- * One fused sparse launch seen from the GPU's global timer, in microseconds since its first CTA
- * started, the median over (sequence, KV head) pairs: when the pair's last page-scoring chunk
- * finished, its selector had the keys in shared memory, had found the K-th largest key, had
- * written the pages, had published them; when its first attender saw them, its attenders had
- * finished, its merged output was written. `end`: the last CTA's exit. `rounds`: median
- * counting rounds of the selection; `exactFraction`: pairs whose search ended on an exact count.
- */
-export interface SparseTimeline {
-  scored: number;
-  keysLoaded: number;
-  thresholdFound: number;
-  pagesWritten: number;
-  published: number;
-  firstAttender: number;
-  attended: number;
-  merged: number;
-  end: number;
-  rounds: number;
-  exactFraction: number;
-  pairs: number;
-}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -146,19 +93,13 @@ export function traceSparseLaunch(addon: CudaAddon, plan: TimedCall['plan'], arg
   return summary;
 }
 
-export function modeLabel(m: BenchmarkMode): string {
-  if (m.kind === 'dense') return 'dense';
-  if (m.tokenBudget) return `sparse budget ${m.tokenBudget}`;
-  return `sparse ratio ${+(m.selectionRatio ?? 1).toFixed(4)}`;
-}
-
 function positive(field: string, v: number): number {
-  if (!(Number.isInteger(v) && v > 0)) throw new RequestValidationError(field, `must be a positive integer, got ${v}`);
+  if (!(Number.isInteger(v) && v > 0)) throw new ConfigError(field, `must be a positive integer, got ${v}`);
   return v;
 }
 
 /** Runs every mode of `params.modes` (default: dense) on one synthetic cache. */
-export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkAttentionResult[] {
+export function benchmarkCudaAttention(params: CudaBenchmarkAttentionParams): BenchmarkAttentionResult[] {
   const addon = params.addon ?? loadCudaAddon().addon;
   const B = positive('batchSize', params.batchSize);
   const N = positive('inputSize', params.inputSize);
@@ -172,7 +113,7 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
   const iterations = params.iterations ?? 50;
   const warmup = params.warmup ?? 5;
   if (kvDtype !== 'fp16' && kvDtype !== 'fp32' && kvDtype !== 'int8') {
-    throw new RequestValidationError('kvDtype', `must be 'fp16', 'fp32' or 'int8', got '${String(kvDtype)}'`);
+    throw new ConfigError('kvDtype', `must be 'fp16', 'fp32' or 'int8', got '${String(kvDtype)}'`);
   }
   const int8 = kvDtype === 'int8';
   const elem = int8 ? 1 : kvDtype === 'fp16' ? 2 : 4;
@@ -187,9 +128,9 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
   const free = addon.memoryInfo().free;
   let rotations = Math.min(16, Math.max(1, Math.ceil((3 * device.l2CacheBytes) / setBytes)));
   while (rotations > 1 && rotations * setBytes > 0.6 * free) rotations--;
-  const numPages = params.numPages ?? rotations * setPages;
+  const numPages = params.poolPages ?? rotations * setPages;
   if (numPages < rotations * setPages) {
-    throw new RequestValidationError('numPages', `${numPages} pages cannot hold ${rotations} copies of ${setPages} pages`);
+    throw new ConfigError('poolPages', `${numPages} pages cannot hold ${rotations} copies of ${setPages} pages`);
   }
   const copyGbps = params.copyGbPerSecond ?? addon.copyBandwidth(256 * 2 ** 20, 20).gbPerSecond;
 
@@ -281,9 +222,12 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
       const bytes = attendedTokens * rowBytes + extra + 2 * B * Hq * D * 4;
       const gbps = bytes / (us * 1e-6) / 1e9;
       results.push({
+        executor: 'cuda',
+        device: device.name,
         mode: modeLabel(mode),
         batchSize: B,
         inputSize: N,
+        numPages: pagesPerSeq,
         numQHeads: Hq,
         numKvHeads: Hk,
         headDim: D,
@@ -292,12 +236,15 @@ export function benchmarkAttention(params: BenchmarkAttentionParams): BenchmarkA
         metaDtype,
         microseconds: us,
         microsecondsEager: timed.eager,
+        throughputTokensPerMs: (B * N) / (us / 1000),
         bytes,
         gbPerSecond: gbps,
+        copyGbPerSecond: copyGbps,
         fractionOfCopy: gbps / copyGbps,
         pagesAttended,
         pagesTotal: setPages * Hk,
         rotations,
+        iterations: rounds * rotations,
         plan: info!,
         ...breakdown,
         ...timeline,

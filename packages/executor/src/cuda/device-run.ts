@@ -6,15 +6,15 @@
  *
  *   TINYSERVE_CUDA_ADDON=.device/tinyserve_cuda.node node .device/device-run.mjs --out $OUT
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadCudaAddon } from './addon-loader.js';
 import { checkBackendOps, checkExecutors, checkPolicies } from './backend-checks.js';
+import { parseHeadShapes, parseKvDtype, parseModes, runSdpaBenchmark, sdpaShapes } from '../attention-benchmark-report.js';
+import type { SdpaResult } from '../attention-benchmark-report.js';
 import type { BenchmarkTuning } from './benchmark-attention.js';
-import { HEAD_SHAPES, formatSuiteTable, parseKvDtype, parseModes, runAttentionSuite, sdpaShapes } from './benchmark-suite.js';
-import type { SdpaResult } from './benchmark-suite.js';
+import { formatSuiteTable, runAttentionSuite } from './benchmark-suite.js';
 import { defaultScenarios, runGpuChecks } from './gpu-checks.js';
 import type { GpuCheckResult } from './gpu-checks.js';
 
@@ -72,11 +72,7 @@ async function main(): Promise<void> {
   }
 
   if (args['skip-bench']) return;
-  const shapes = args.shapes!.split(',').map((s) => {
-    const shape = HEAD_SHAPES[s];
-    if (!shape) throw new Error(`unknown head shape '${s}' (known: ${Object.keys(HEAD_SHAPES).join(', ')})`);
-    return shape;
-  });
+  const shapes = parseHeadShapes(args.shapes!);
   const batches = args.batches!.split(',').map(Number);
   const contexts = args.contexts!.split(',').map(Number);
   const modes = parseModes(args.modes);
@@ -86,16 +82,14 @@ async function main(): Promise<void> {
     sdpa = (JSON.parse(readFileSync(args['sdpa-from'], 'utf8')) as { results: SdpaResult[] }).results;
     log(`PyTorch SDPA from ${args['sdpa-from']} (${sdpa.length} shapes)`);
   } else if (!args['skip-sdpa']) {
-    const shapesFile = join(out, 'sdpa-shapes.json');
-    const sdpaFile = join(out, 'sdpa.json');
-    writeFileSync(shapesFile, JSON.stringify(sdpaShapes(shapes, batches, contexts)));
     log('PyTorch SDPA on the same shapes (tools/bench-sdpa.py)');
-    const r = spawnSync('python3', [args['sdpa-script']!, '--shapes', shapesFile, '--out', sdpaFile], {
-      stdio: ['ignore', 'inherit', 'inherit'],
-      env: { ...process.env, PYTHONUNBUFFERED: '1' },
-    });
-    if (r.status === 0 && existsSync(sdpaFile)) sdpa = (JSON.parse(readFileSync(sdpaFile, 'utf8')) as { results: SdpaResult[] }).results;
-    else log(`SDPA run failed (exit ${r.status}${r.error ? `, ${r.error.message}` : ''})`);
+    try {
+      // Writes sdpa-shapes.json and sdpa.json under --out.
+      const run = await runSdpaBenchmark({ shapes: sdpaShapes(shapes, batches, contexts), script: args['sdpa-script'], workDir: out, onOutput: (t) => process.stdout.write(t) });
+      sdpa = run.results;
+    } catch (err) {
+      log(`SDPA run failed (${err instanceof Error ? err.message : String(err)})`);
+    }
   }
   const suite = runAttentionSuite({
     addon,

@@ -2,9 +2,6 @@ import { describe, expect, it } from 'vitest';
 import { RequestValidationError } from '@tinyserve/core';
 import { selectionRowPages, selectionTopK, trimPageTable } from './step-plan.js';
 import { broadcastShape, broadcastStrides } from './cuda-kernels.js';
-import { modeLabel } from './benchmark-attention.js';
-import { formatSuiteTable, sdpaShapes } from './benchmark-suite.js';
-import type { SuiteResult } from './benchmark-suite.js';
 
 describe('trimPageTable', () => {
   it('keeps exactly the pages each sequence needs', () => {
@@ -57,26 +54,3 @@ describe('broadcasting for the cuda binary kernel', () => {
   });
 });
 
-describe('benchmark reporting', () => {
-  it('labels modes and lists the SDPA shapes', () => {
-    expect(modeLabel({ kind: 'dense' })).toBe('dense');
-    expect(modeLabel({ kind: 'sparse', tokenBudget: 2048 })).toBe('sparse budget 2048');
-    expect(modeLabel({ kind: 'sparse', selectionRatio: 1 / 8 })).toBe('sparse ratio 0.125');
-    const shapes = sdpaShapes([{ name: 'x', numQHeads: 32, numKvHeads: 4, headDim: 64 }], [1, 8], [4096]);
-    expect(shapes).toEqual([
-      { batch: 1, context: 4096, q_heads: 32, kv_heads: 4, head_dim: 64 },
-      { batch: 8, context: 4096, q_heads: 32, kv_heads: 4, head_dim: 64 },
-    ]);
-  });
-
-  it('puts SDPA beside each row and the speed ratio', () => {
-    const row = {
-      shape: 'TinyLlama-1.1B', mode: 'dense', batchSize: 8, inputSize: 32768, numQHeads: 32, numKvHeads: 4, headDim: 64, pageSize: 16,
-      kvDtype: 'fp16', metaDtype: 'fp16', microseconds: 100, microsecondsEager: 110, bytes: 268e6, gbPerSecond: 2680, fractionOfCopy: 0.9, pagesAttended: 1, pagesTotal: 1,
-      rotations: 1, plan: {} as never, tuning: {}, tried: [],
-    };
-    const suite: SuiteResult = { device: {} as never, copyGbPerSecond: 3000, rows: [row] };
-    const md = formatSuiteTable(suite, [{ batch: 8, context: 32768, q_heads: 32, kv_heads: 4, head_dim: 64, us_best: 120, gb_per_s: 2233 }]);
-    expect(md).toContain('| TinyLlama-1.1B | 8 | 32768 | dense | 100.0 | 268.0 | 2680 | 90% | 120.0 | 2233 | 1.20x |');
-  });
-});
