@@ -88,6 +88,7 @@ describe('tinyserve bench attention', () => {
     ['a zero page size', ['--page-size', '0'], 1, /error \[invalid_config\]: pageSize: /],
     ['an executor without a benchmark', ['--executor', 'tpu'], 1, /error \[invalid_config\]: executor: no attention benchmark for executor 'tpu' \(registered: cpu, cuda, wasm\)/],
     ['--sdpa off the GPU', ['--executor', 'cpu', '--sdpa'], 1, /error \[invalid_config\]: --sdpa: compares against PyTorch SDPA on the GPU: run it with --executor cuda/],
+    ['--trace off the GPU', ['--executor', 'cpu', '--trace'], 1, /error \[invalid_config\]: --trace: times the phases of the fused CUDA sparse kernel: run it with --executor cuda/],
     ['a --model its shapes leave out', ['--model', `${HF}gpt2-tiny`, '--shapes', 'gpt2'], 1, /error \[invalid_config\]: --shapes: 'gpt2' does not include 'model'/],
     ['an unknown flag', ['--bogus'], 2, /bogus.*see tinyserve bench --help/],
   ];

@@ -5,6 +5,7 @@ import {
   TinyServe,
   formatAttentionTable,
   formatThroughputTable,
+  formatTimeline,
   modeLabel,
   parseHeadShapes,
   parseKvDtype,
@@ -45,6 +46,8 @@ Usage: tinyserve bench throughput [options]
     --sdpa                  cuda: also run PyTorch's scaled_dot_product_attention on the same shapes
                             (tools/bench-sdpa.py; needs Python with torch and a GPU) and compare
     --python <path>         the interpreter for --sdpa (default python3)
+    --trace                 cuda: also time one launch of each sparse mode phase by phase (GPU timer:
+                            scoring, selection, publish, attention, merge), printed under the table
 
   --model <dir|id>        Hugging Face model directory, or a hub id org/name[@revision] from the cache
   --allow-download        download a hub id missing from the cache (or TINYSERVE_ALLOW_DOWNLOAD=1)
@@ -157,6 +160,7 @@ async function attentionCommand(argv: string[], io: CommandIo): Promise<number> 
       iterations: { type: 'string' },
       warmup: { type: 'string' },
       sdpa: { type: 'boolean', default: false },
+      trace: { type: 'boolean', default: false },
       python: { type: 'string', default: 'python3' },
       json: { type: 'boolean', default: false },
       config: { type: 'string' },
@@ -197,6 +201,9 @@ async function attentionCommand(argv: string[], io: CommandIo): Promise<number> 
     if (values.sdpa && executor !== 'cuda') {
       throw new ConfigError('--sdpa', `compares against PyTorch SDPA on the GPU: run it with --executor cuda (the executor here is '${executor}')`);
     }
+    if (values.trace && executor !== 'cuda') {
+      throw new ConfigError('--trace', `times the phases of the fused CUDA sparse kernel: run it with --executor cuda (the executor here is '${executor}')`);
+    }
     const log = stderrWriter(io);
     let sdpa: SdpaRun | null = null;
     if (values.sdpa) {
@@ -232,6 +239,7 @@ async function attentionCommand(argv: string[], io: CommandIo): Promise<number> 
               warmup,
               // One copy bandwidth for the whole run, so the shares compare.
               copyGbPerSecond,
+              ...(values.trace ? { cuda: { traceSparse: true } } : {}),
             });
             copyGbPerSecond ??= results[0].copyGbPerSecond;
             for (const r of results) rows.push({ shape: shape.name, ...r });
@@ -267,6 +275,11 @@ async function attentionCommand(argv: string[], io: CommandIo): Promise<number> 
       const sdpaNote = sdpa ? `, PyTorch ${sdpa.torch} SDPA on ${sdpa.device}` : '';
       io.stdout(`${meta.device ?? executor} (${executor}), ${copy}, ${kvDtype} KV, page size ${meta.pageSize}${sdpaNote}, node ${meta.node}, ${meta.date}\n`);
       io.stdout(`${formatAttentionTable(rows, sdpa?.results)}\n`);
+      const traced = rows.filter((r) => r.sparseTimeline !== undefined);
+      if (traced.length > 0) {
+        io.stdout('\nFused sparse launch timelines (median over (sequence, KV head) pairs, us since the first CTA started):\n');
+        for (const r of traced) io.stdout(`- ${r.shape} batch ${r.batchSize} context ${r.inputSize} ${r.mode}: ${formatTimeline(r.sparseTimeline!)}\n`);
+      }
     }
     if (failures.length > 0) {
       io.stderr(`bench attention: ${failures.length} of ${done} shapes failed\n`);

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { BackendUnavailableError, ConfigError } from '@tinyserve/core';
 import { modeLabel } from './attention-benchmark-params.js';
 import type { BenchmarkAttentionResult } from './attention-benchmark-params.js';
-import { DEFAULT_MODES, HEAD_SHAPES, formatAttentionTable, parseHeadShapes, parseKvDtype, parseModes, runSdpaBenchmark, sdpaShapes } from './attention-benchmark-report.js';
+import { DEFAULT_MODES, HEAD_SHAPES, formatAttentionTable, formatTimeline, parseHeadShapes, parseKvDtype, parseModes, runSdpaBenchmark, sdpaShapes } from './attention-benchmark-report.js';
 import { formatSuiteTable } from './cuda/benchmark-suite.js';
 import type { SuiteResult } from './cuda/benchmark-suite.js';
 
@@ -25,6 +25,18 @@ describe('parseModes', () => {
     expect(() => parseModes('ratio:0')).toThrow(/'ratio:0'/);
     expect(() => parseModes('ratio:1.5')).toThrow(/'ratio:1.5'/);
     expect(() => parseModes('budget:12.5')).toThrow(/'budget:12.5'/);
+  });
+});
+
+describe('formatTimeline', () => {
+  it('prints every event of a traced launch in order, with the selection rounds', () => {
+    const line = formatTimeline({
+      scored: 10.75, keysLoaded: 13.1, thresholdFound: 19, pagesWritten: 21.4, published: 22.1, firstAttender: 22.7,
+      attended: 29.6, merged: 35.5, end: 39.1, rounds: 12, exactFraction: 0.5, pairs: 32,
+    });
+    expect(line).toBe(
+      'scored 10.8, keys 13.1, threshold 19.0 (12 rounds, 50% exact), written 21.4, published 22.1, first attender 22.7, attended 29.6, merged 35.5, end 39.1 us (32 pairs)',
+    );
   });
 });
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackendUnavailableError, ConfigError } from '@tinyserve/core';
 import type { KvCacheDtype } from '@tinyserve/core';
-import type { BenchmarkAttentionResult, BenchmarkMode } from './attention-benchmark-params.js';
+import type { BenchmarkAttentionResult, BenchmarkMode, SparseTimeline } from './attention-benchmark-params.js';
 
 export interface HeadShape {
   name: string;
@@ -217,4 +217,13 @@ export function formatAttentionTable(rows: AttentionTableRow[], sdpa?: SdpaResul
     lines.push(line);
   }
   return lines.join('\n');
+}
+
+/** One line: each event's median time (us since the launch's first CTA started). */
+export function formatTimeline(t: SparseTimeline): string {
+  const f = (x: number) => x.toFixed(1);
+  return (
+    `scored ${f(t.scored)}, keys ${f(t.keysLoaded)}, threshold ${f(t.thresholdFound)} (${t.rounds} rounds, ${Math.round(100 * t.exactFraction)}% exact), ` +
+    `written ${f(t.pagesWritten)}, published ${f(t.published)}, first attender ${f(t.firstAttender)}, attended ${f(t.attended)}, merged ${f(t.merged)}, end ${f(t.end)} us (${t.pairs} pairs)`
+  );
 }

@@ -56,6 +56,7 @@ export {
   runSdpaBenchmark,
   defaultSdpaScript,
   formatAttentionTable,
+  formatTimeline,
 } from './attention-benchmark-report.js';
 export type { HeadShape, BenchKvDtype, SdpaShape, SdpaResult, SdpaRun, RunSdpaOptions, AttentionTableRow } from './attention-benchmark-report.js';
 

@@ -13,6 +13,7 @@ export {
   sdpaShapes,
   runSdpaBenchmark,
   formatAttentionTable,
+  formatTimeline,
 } from '@tinyserve/executor';
 export type {
   BenchmarkAttentionParams,
@@ -22,6 +23,7 @@ export type {
   SdpaResult,
   SdpaRun,
   AttentionTableRow,
+  SparseTimeline,
 } from '@tinyserve/executor';
 // http
 export { createHttpServer } from './http/server.js';

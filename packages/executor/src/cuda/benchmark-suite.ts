@@ -4,12 +4,11 @@
  * results on the same shapes (tools/bench-sdpa.py) into one table.
  */
 import type { BenchmarkAttentionResult, BenchmarkMode } from '../attention-benchmark-params.js';
-import { DEFAULT_MODES, formatAttentionTable } from '../attention-benchmark-report.js';
+import { DEFAULT_MODES, formatAttentionTable, formatTimeline } from '../attention-benchmark-report.js';
 import type { BenchKvDtype, HeadShape, SdpaResult } from '../attention-benchmark-report.js';
 import type { CudaAddon, CudaDeviceInfo } from './addon-types.js';
 import { benchmarkCudaAttention } from './benchmark-attention.js';
 import type { BenchmarkTuning } from './benchmark-attention.js';
-import type { SparseTimeline } from '../attention-benchmark-params.js';
 
 export interface SuiteOptions {
   addon: CudaAddon;
@@ -110,14 +109,6 @@ export function runAttentionSuite(opts: SuiteOptions): SuiteResult {
   return { device, copyGbPerSecond: copy.gbPerSecond, rows };
 }
 
-/** One line: each event's median time (us since the launch's first CTA started). */
-export function formatTimeline(t: SparseTimeline): string {
-  const f = (x: number) => x.toFixed(1);
-  return (
-    `scored ${f(t.scored)}, keys ${f(t.keysLoaded)}, threshold ${f(t.thresholdFound)} (${t.rounds} rounds, ${Math.round(100 * t.exactFraction)}% exact), ` +
-    `written ${f(t.pagesWritten)}, published ${f(t.published)}, first attender ${f(t.firstAttender)}, attended ${f(t.attended)}, merged ${f(t.merged)}, end ${f(t.end)} us (${t.pairs} pairs)`
-  );
-}
 
 /** Markdown table: ours, bytes, bandwidth, SDPA (CUDA graph replay, best backend) and the ratio. */
 export function formatSuiteTable(suite: SuiteResult, sdpa: SdpaResult[]): string {
