@@ -23,6 +23,17 @@ function fakeAddon(): { addon: CudaAddon; copies: CopyTokensArgs[] } {
     upload: (dst: DeviceBuffer, off: number, src: ArrayBufferView) => mem.get(dst)!.set(bytes(src), off),
     download: (src: DeviceBuffer, off: number, dst: ArrayBufferView) => bytes(dst).set(mem.get(src)!.subarray(off, off + dst.byteLength)),
     copyTokens: (args: CopyTokensArgs) => copies.push(args),
+    gather: (a: { x: DeviceBuffer; elemBytes: number; indices: DeviceBuffer; numIndices: number; outer: number; axisDim: number; inner: number; out: DeviceBuffer }) => {
+      const m = mem.get(a.indices)!;
+      const idx = new Int32Array(m.buffer, m.byteOffset, a.numIndices);
+      const row = a.inner * a.elemBytes;
+      for (let o = 0; o < a.outer; o++) {
+        for (let j = 0; j < a.numIndices; j++) {
+          const from = (o * a.axisDim + idx[j]) * row;
+          mem.get(a.out)!.set(mem.get(a.x)!.subarray(from, from + row), (o * a.numIndices + j) * row);
+        }
+      }
+    },
   };
   return { addon: addon as unknown as CudaAddon, copies };
 }
@@ -72,6 +83,21 @@ describe('CudaKvCache with int8 KV', () => {
     expect(cache.bytesPerTokenLayer).toBe(2 * layout.numKvHeads * (layout.headDim + 4));
     expect(cache.layerBuffers(1)).toEqual({ k: cache.keys[1], v: cache.values[1], kScale: cache.keyScales[1], vScale: cache.valueScales[1] });
     expect(new CudaKvCache(addon, { layout, kvDtype: 'fp16', metadata: 'none' }).layerBuffers(0)).not.toHaveProperty('kScale');
+  });
+
+  it('hands a sequence\'s keys to the oracle policy decoded, page by page, with their scales', () => {
+    const { addon } = fakeAddon();
+    const cache = new CudaKvCache(addon, { layout, kvDtype: 'int8', metadata: 'none' });
+    const data = randomRows(cache.poolElements, 12);
+    cache.upload(1, 'key', data);
+    const decoded = cache.download(1, 'key');
+    const pages = Int32Array.from([3, 0, 4]);
+    const got = cache.compactKeys(1, pages);
+    const pageElems = layout.pageSize * layout.numKvHeads * layout.headDim;
+    expect(got.layout.numPages).toBe(3);
+    expect(Array.from(got.pages)).toEqual([0, 1, 2]);
+    pages.forEach((p, i) => expect(got.kCache.subarray(i * pageElems, (i + 1) * pageElems)).toEqual(decoded.subarray(p * pageElems, (p + 1) * pageElems)));
+    expect(() => cache.compactKeys(1, Int32Array.from([5]))).toThrow(/pages\[0\]/);
   });
 
   it('uploads quantised rows and downloads them decoded, as KvCacheStorage stores and decodes them', () => {

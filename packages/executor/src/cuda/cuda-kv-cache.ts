@@ -271,11 +271,21 @@ export class CudaKvCache implements SelectionKvSource {
     const n = pages.length;
     const idx = this.addon.alloc(Math.max(1, n) * 4);
     const out = this.addon.alloc(Math.max(1, n * pageElems) * this.elemBytes);
+    const pageRows = pageSize * numKvHeads;
+    const scaleOut = this.kvDtype === 'int8' ? this.addon.alloc(Math.max(1, n * pageRows) * 4) : null;
     try {
       this.addon.upload(idx, 0, pages);
       this.addon.gather({ x: this.keys[l], elemBytes: this.elemBytes, indices: idx, numIndices: n, outer: 1, axisDim: numPages, inner: pageElems, out });
       let kCache: Float32Array;
-      if (this.kvDtype === 'fp32') {
+      if (scaleOut !== null) {
+        // int8: the pages' bytes and their per-row scales, gathered alike, dequantised here.
+        this.addon.gather({ x: this.keyScales[l], elemBytes: 4, indices: idx, numIndices: n, outer: 1, axisDim: numPages, inner: pageRows, out: scaleOut });
+        const q = new Int8Array(n * pageElems);
+        const scales = new Float32Array(n * pageRows);
+        this.addon.download(out, 0, q);
+        this.addon.download(scaleOut, 0, scales);
+        kCache = dequantizeKvRows(q, scales, headDim);
+      } else if (this.kvDtype === 'fp32') {
         kCache = new Float32Array(n * pageElems);
         this.addon.download(out, 0, kCache);
       } else {
@@ -287,6 +297,7 @@ export class CudaKvCache implements SelectionKvSource {
     } finally {
       this.addon.free(idx);
       this.addon.free(out);
+      if (scaleOut !== null) this.addon.free(scaleOut);
     }
   }
 
