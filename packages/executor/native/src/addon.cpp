@@ -263,6 +263,7 @@ static napi_value planUpdate(napi_env env, napi_callback_info info) {
   p.sinkPages = (int)integer(env, o, "sinkPages", 0);
   p.denseSplits = (int)integer(env, o, "denseSplits", 0);
   p.sparseSplits = (int)integer(env, o, "sparseSplits", 0);
+  p.sparseWarps = (int)integer(env, o, "sparseWarps", 0);
   p.minPagesPerSplit = (int)integer(env, o, "minPagesPerSplit", 8);
   p.targetCtas = (int)integer(env, o, "targetCtas", 0);
   p.headsPerCta = (int)integer(env, o, "headsPerCta", 0);
@@ -276,6 +277,7 @@ static napi_value planUpdate(napi_env env, napi_callback_info info) {
   setNumber(env, r, "denseSplits", plan->denseSplits);
   setNumber(env, r, "sparseSplits", plan->sparseSplits);
   setNumber(env, r, "sparseGrid", plan->sparseGrid);
+  setNumber(env, r, "sparseWarps", plan->sparseWarps);
   setNumber(env, r, "numRuns", plan->numRuns);
   setNumber(env, r, "numBlocks", plan->numBlocks);
   setNumber(env, r, "headsPerCta", plan->headsPerCta);
@@ -348,7 +350,8 @@ static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value
   s.ready = s.scoreCounters + pairs;
   s.pairDone = s.ready + pairs;
   const int grid = plan->sparseGrid;
-  return [s, kv, grid]() { launchSparseDecode(s, kv, grid, stream()); };
+  const int warps = plan->sparseWarps;
+  return [s, kv, warps, grid]() { launchSparseDecode(s, kv, warps, grid, stream()); };
 }
 
 static napi_value decodeDense(napi_env env, napi_callback_info info) {

@@ -42,6 +42,7 @@ struct DecodeCore {
   using K = Kv<KV>;
   using KvType = KV;
   static constexpr int HEAD_DIM = D;
+  static constexpr int WARPS = NW;
   static constexpr int GT = GT_;
   static constexpr int VEC = K::VEC;
   /** Threads sharing one K/V row (each loads 16 bytes of it). */

@@ -16,6 +16,7 @@ struct TcDecodeCore {
   using KV = __half;
   using KvType = __half;
   static constexpr int HEAD_DIM = D;
+  static constexpr int WARPS = NW;
   static constexpr int GT = 16;
   static_assert(D % 16 == 0 && D <= 128, "tensor-core decode needs a head dim multiple of 16, at most 128");
   static constexpr int KSTEPS = D / 16;  // k-steps of q.k

@@ -8,7 +8,7 @@
 
 namespace ts {
 
-constexpr int DECODE_WARPS = 4;
+constexpr int DECODE_WARPS = 8;
 
 template <class Core>
 __global__ void __launch_bounds__(DECODE_WARPS * 32) denseDecodeKernel(DecodeArgs a) {

@@ -8,7 +8,7 @@
 
 namespace ts {
 
-constexpr int SELECTED_WARPS = 4;
+constexpr int SELECTED_WARPS = 8;
 
 /** The i-th listed page: its logical index, then the sequence's physical page (two loads). */
 struct ListedPages {

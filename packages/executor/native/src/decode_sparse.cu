@@ -18,8 +18,6 @@
 
 namespace ts {
 
-constexpr int SPARSE_WARPS = 4;
-constexpr int SPARSE_THREADS = SPARSE_WARPS * 32;
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
 /** Nanoseconds of the GPU's global timer (comparable across SMs). */
@@ -315,7 +313,7 @@ __device__ __noinline__ int selectPages(const float* __restrict__ scores, const 
 }
 
 template <class Core>
-__global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs a) {
+__global__ void __launch_bounds__(Core::WARPS * 32) sparseDecodeKernel(SparseArgs a) {
   extern __shared__ float smem[];
   using KV = typename Core::KvType;
   constexpr int D = Core::HEAD_DIM, GT = Core::GT;
@@ -426,13 +424,20 @@ __global__ void __launch_bounds__(SPARSE_THREADS) sparseDecodeKernel(SparseArgs 
 
 template <class Core>
 KernelInfo makeSparse() {
-  return {reinterpret_cast<const void*>(&sparseDecodeKernel<Core>), Core::SMEM_FLOATS * 4, SPARSE_THREADS};
+  return {reinterpret_cast<const void*>(&sparseDecodeKernel<Core>), Core::SMEM_FLOATS * 4, Core::WARPS * 32};
 }
 
-KernelInfo sparseDecodeKernel(int kvDtype, int headDim, int gt) {
-  TS_DECODE_DISPATCH(kvDtype, headDim, makeSparse, SPARSE_WARPS);
+KernelInfo sparseDecodeKernel(int kvDtype, int headDim, int gt, int warps) {
+  // Eight warps a CTA: fewer keys per thread in the selection and more pages in flight per
+  // CTA; four: twice the resident CTAs, for steps with more (sequence, KV head) pairs than
+  // eight-warp CTAs fit on the GPU at once (see plan.cpp).
+  if (warps == 8) {
+    TS_DECODE_DISPATCH(kvDtype, headDim, makeSparse, 8);
+  } else if (warps == 4) {
+    TS_DECODE_DISPATCH(kvDtype, headDim, makeSparse, 4);
+  }
   throw ArgError("sparse decode: no kernel for headDim " + std::to_string(headDim) + ", kv dtype " + std::to_string(kvDtype) +
-                 ", " + std::to_string(gt) + " heads per CTA");
+                 ", " + std::to_string(gt) + " heads per CTA, " + std::to_string(warps) + " warps");
 }
 
 int sparseDecodeSmem(const KernelInfo& k, int groupSize, int headDim, int maxPages) {
@@ -442,9 +447,9 @@ int sparseDecodeSmem(const KernelInfo& k, int groupSize, int headDim, int maxPag
   return std::max(k.smemBytes, std::max(score, select));
 }
 
-void launchSparseDecode(const SparseArgs& a, int kvDtype, int gridBlocks, cudaStream_t stream) {
+void launchSparseDecode(const SparseArgs& a, int kvDtype, int warps, int gridBlocks, cudaStream_t stream) {
   if (a.d.numSeqs == 0) return;
-  const KernelInfo k = sparseDecodeKernel(kvDtype, a.d.headDim, a.d.headsPerCta);
+  const KernelInfo k = sparseDecodeKernel(kvDtype, a.d.headDim, a.d.headsPerCta, warps);
   const int smem = sparseDecodeSmem(k, a.d.groupSize, a.d.headDim, a.maxPages);
   prepareKernel(k, smem);
   SparseArgs copy = a;

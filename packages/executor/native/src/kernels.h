@@ -27,7 +27,8 @@ void prepareKernel(const KernelInfo& k, int smemBytes);
 bool decodeSupported(int headDim, int kvDtype);
 
 KernelInfo denseDecodeKernel(int kvDtype, int headDim, int headsPerCta);
-KernelInfo sparseDecodeKernel(int kvDtype, int headDim, int headsPerCta);
+/** The fused sparse kernel with 4 or 8 warps a CTA. */
+KernelInfo sparseDecodeKernel(int kvDtype, int headDim, int headsPerCta, int warps);
 /** Floats of one split's partial result (acc, m, l for each head of the CTA). */
 int decodePartialFloats(int headDim, int headsPerCta);
 
@@ -35,7 +36,7 @@ void launchDenseDecode(const DecodeArgs& a, int kvDtype, cudaStream_t stream);
 /** Dynamic shared memory of the sparse kernel: its core, the group's queries, the selection keys. */
 int sparseDecodeSmem(const KernelInfo& k, int groupSize, int headDim, int maxPages);
 /** One cooperative launch: scores, selects, attends, merges. `gridBlocks` from the plan. */
-void launchSparseDecode(const SparseArgs& a, int kvDtype, int gridBlocks, cudaStream_t stream);
+void launchSparseDecode(const SparseArgs& a, int kvDtype, int warps, int gridBlocks, cudaStream_t stream);
 
 /** Quest page scores summed in float64 in the TypeScript reference's order: bit-identical float32 results. */
 void launchPageScore(const PageScoreArgs& a, int maxPages, cudaStream_t stream);

@@ -33,13 +33,15 @@ struct PlanParams {
   int headsPerCta = 0;
   /** Resident CTAs the split heuristic counts with; 0: SMs x the kernel's occupancy. */
   int targetCtas = 0;
+  /** Warps per CTA of the fused sparse kernel, 4 or 8; 0: chosen from the step (plan.cpp). */
+  int sparseWarps = 0;
 };
 
 struct StepPlan {
   int numSeqs = 0, numTokens = 0, numQHeads = 0, numKvHeads = 0, headDim = 0, pageSize = 0, kvDtype = 0;
   int groupSize = 0, headsPerCta = 0, headChunks = 0, maxPages = 0, sinkPages = 0;
   bool decodeOnly = false, hasSparse = false;
-  int denseSplits = 1, sparseSplits = 1, sparseGrid = 0, sparseSmem = 0, scoreChunk = 64;
+  int denseSplits = 1, sparseSplits = 1, sparseGrid = 0, sparseSmem = 0, scoreChunk = 64, sparseWarps = 8;
   int numRuns = 0, numBlocks = 0, prefillHeads = 0, prefillChunks = 0;
   long kvPoolElems = 0;
 

@@ -163,6 +163,7 @@ export function emulatedCudaAddon(): CudaAddon {
         denseSplits: 1,
         sparseSplits: 1,
         sparseGrid: 1,
+        sparseWarps: 8,
         numRuns: T,
         numBlocks: T,
         headsPerCta: 1,

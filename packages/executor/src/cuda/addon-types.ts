@@ -75,6 +75,11 @@ export interface PlanUpdateParams {
   /** Resident CTAs the split heuristic counts with (default: SMs x occupancy). */
   targetCtas?: number;
   /**
+   * Warps per CTA of the fused sparse kernel, 4 or 8; 0 or omitted: 8 unless the step has more
+   * (sequence, KV head) pairs than eight-warp CTAs fit on the GPU at once.
+   */
+  sparseWarps?: number;
+  /**
    * Query heads per decode CTA: 1, 2, 4, 8 (CUDA cores) or 16 (tensor cores, fp16 KV, head dim
    * a multiple of 16); 0 or omitted: 16 for fp16 groups of 4 or more, else (fp32, int8, smaller
    * groups) the group size rounded up.
@@ -90,8 +95,9 @@ export interface PlanInfo {
   decodeOnly: boolean;
   denseSplits: number;
   sparseSplits: number;
-  /** CTAs of the cooperative sparse launch. */
+  /** CTAs of the cooperative sparse launch, and their warps. */
   sparseGrid: number;
+  sparseWarps: number;
   numRuns: number;
   numBlocks: number;
   headsPerCta: number;

@@ -23,6 +23,7 @@ export interface BenchmarkTuning {
   headsPerCta?: number;
   minPagesPerSplit?: number;
   targetCtas?: number;
+  sparseWarps?: number;
 }
 
 /** What only the cuda runner reads (`BenchmarkAttentionParams.cuda`). */

@@ -98,7 +98,7 @@ export function runAttentionSuite(opts: SuiteOptions): SuiteResult {
               : '';
           log(
             `${row.shape} b${batchSize} n${inputSize} ${row.mode}: ${row.microseconds.toFixed(1)} us${split}, ${row.gbPerSecond.toFixed(0)} GB/s ` +
-              `(${(100 * row.fractionOfCopy).toFixed(0)}% of copy) splits ${row.plan?.denseSplits}/${row.plan?.sparseSplits} grid ${row.plan?.sparseGrid} ` +
+              `(${(100 * row.fractionOfCopy).toFixed(0)}% of copy) splits ${row.plan?.denseSplits}/${row.plan?.sparseSplits} grid ${row.plan?.sparseGrid}x${row.plan?.sparseWarps}w ` +
               `${JSON.stringify(row.tuning)} tried ${row.tried.map((t) => t.microseconds.toFixed(1)).join('/')}`,
           );
           if (row.sparseTimeline) log(`  timeline ${formatTimeline(row.sparseTimeline)}`);

@@ -104,6 +104,8 @@ export interface AttentionScenario {
   denseSplits?: number;
   sparseSplits?: number;
   headsPerCta?: number;
+  /** Warps per CTA of the fused sparse kernel (4 or 8; default: the plan's choice). */
+  sparseWarps?: number;
   /** Keys drawn from a few values only, so many pages score exactly alike (tie breaking). */
   tiedKeys?: boolean;
   seed: number;
@@ -217,9 +219,10 @@ export function runAttentionScenario(addon: CudaAddon, sc: AttentionScenario): G
       denseSplits: sc.denseSplits,
       sparseSplits: sc.sparseSplits,
       headsPerCta: sc.headsPerCta,
+      sparseWarps: sc.sparseWarps,
     };
     const info = plan.update(planParams);
-    const planNote = `splits dense ${info.denseSplits} sparse ${info.sparseSplits}, ${info.headsPerCta} heads/CTA, ${info.numRuns} runs`;
+    const planNote = `splits dense ${info.denseSplits} sparse ${info.sparseSplits}, ${info.headsPerCta} heads/CTA, ${info.sparseWarps}-warp sparse CTAs, ${info.numRuns} runs`;
 
     // The step: append with RoPE and the metadata update, then attention.
     const qkv = normals(T * width, r);
@@ -712,6 +715,8 @@ export function defaultScenarios(): AttentionScenario[] {
     { name: 'many splits, some empty', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [1000, 40], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, denseSplits: 35, sparseSplits: 100, seed: 18 },
     // Long contexts: many keys per selecting thread (2048 pages), exact ties among many pages,
     // and more pages than the selection stages in shared memory (4376).
+    { name: 'tinyllama 32K budget 2048, four-warp sparse CTAs', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [32767, 4000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, sparseWarps: 4, seed: 19 },
+    { name: 'gpt2 fp32 four-warp sparse CTAs', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [700, 2100], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.2, tokenBudget: null, sinkPages: 1 }, sparseWarps: 4, seed: 20 },
     { name: 'tinyllama 32K budget 2048', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [32767, 4000], newTokens: [1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, seed: 14 },
     { name: 'long tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [20000, 9000], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.125, tokenBudget: null, sinkPages: 2 }, tiedKeys: true, seed: 15 },
     { name: 'selection past the staged size', numQHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [70000, 100], newTokens: [1, 1], rope: true, selection: { selectionRatio: 0.1, tokenBudget: null, sinkPages: 1 }, seed: 16 },
