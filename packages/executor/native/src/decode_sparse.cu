@@ -42,25 +42,6 @@ __device__ __forceinline__ unsigned floatKey(float s) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/** 8 consecutive metadata channels starting at i (i a multiple of 8). */
-__device__ __forceinline__ void loadMeta8(const void* p, long i, int dtype, float (&out)[8]) {
-  if (dtype == META_F16) {
-    const uint4 r = __ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(p) + i));
-    const __half2* h = reinterpret_cast<const __half2*>(&r);
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const float2 f = __half22float2(h[j]);
-      out[2 * j] = f.x;
-      out[2 * j + 1] = f.y;
-    }
-  } else {
-    const float4* f = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
-    const float4 a = __ldg(f), b = __ldg(f + 1);
-    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-  }
-}
-
 /**
  * Quest bounds of `count` pages of one (sequence, KV head), their physical ids in `pages`
  * (shared memory): a box is read by D / 8 lanes, 8 channels each (16 or 32 bytes, coalesced),
@@ -82,8 +63,8 @@ __device__ void scorePages(const SparseArgs& a, const float* qs, int G, const in
       const int p = pb + u * RPW + row;
       if (p < count) {
         const long box = ((long)pages[p] * d.numKvHeads + kvh) * D + col;
-        loadMeta8(a.metaMin, box, a.metaDtype, lo[u]);
-        loadMeta8(a.metaMax, box, a.metaDtype, hi[u]);
+        loadBox8(a.metaMin, box, a.metaDtype, lo[u]);
+        loadBox8(a.metaMax, box, a.metaDtype, hi[u]);
       } else {
 #pragma unroll
         for (int c = 0; c < 8; c++) lo[u][c] = hi[u][c] = 0.f;

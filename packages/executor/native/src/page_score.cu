@@ -16,25 +16,6 @@ constexpr int SCORE_SMEM_FLOATS = 12 * 1024;
 
 int pageScoreMaxQueryFloats() { return SCORE_SMEM_FLOATS; }
 
-/** 8 consecutive channels of a box from channel i (a multiple of 8), widened to float (exact for fp16). */
-__device__ __forceinline__ void loadBox8(const void* p, long i, int dtype, float (&out)[8]) {
-  if (dtype == META_F16) {
-    const uint4 r = __ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(p) + i));
-    const __half2* h = reinterpret_cast<const __half2*>(&r);
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const float2 f = __half22float2(h[j]);
-      out[2 * j] = f.x;
-      out[2 * j + 1] = f.y;
-    }
-  } else {
-    const float4* f = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
-    const float4 x = __ldg(f), y = __ldg(f + 1);
-    out[0] = x.x, out[1] = x.y, out[2] = x.z, out[3] = x.w;
-    out[4] = y.x, out[5] = y.y, out[6] = y.z, out[7] = y.w;
-  }
-}
-
 /**
  * One CTA: up to SCORE_THREADS pages of one (item, KV head), the group's queries staged in
  * shared memory (every thread reads the same query element: a broadcast). A thread keeps the
