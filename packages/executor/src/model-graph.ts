@@ -1,7 +1,8 @@
-import { add, fused, matMul, tensor1d, tensor2d } from '@tensorflow/tfjs-core';
+import { add, fused, gather, matMul, tensor1d, tensor2d, tidy } from '@tensorflow/tfjs-core';
 import type { Tensor, Tensor1D, Tensor2D } from '@tensorflow/tfjs-core';
 import type { Architecture } from '@tinyserve/core';
 import type { StepSelection } from './decode-selection.js';
+import type { ForwardPlan } from './forward-plan.js';
 import {
   FUSED_SPARSE_ATTENTION_KERNEL,
   GELU_NEW_KERNEL,
@@ -154,4 +155,31 @@ export function runLayers(w: GraphWeights, x: Tensor2D, step: AttentionStep, sel
 /** Final norm and LM head over the rows that need logits: [rows, vocab]. */
 export function finalLogits(w: GraphWeights, x: Tensor2D): Tensor2D {
   return linear(norm(x, w.finalNorm), w.lmHead);
+}
+
+/**
+ * One step through the graph, shared by every executor: embeds the step's tokens, runs the
+ * layers (writing the KV pages as it goes) and returns the logits of the rows that need them
+ * (`plan.logitRows`, [rows, vocab] flattened; empty when none).
+ */
+export function stepLogits(
+  w: GraphWeights,
+  embed: Float32Array,
+  positions: Float32Array | null,
+  tokenIds: Int32Array,
+  plan: ForwardPlan,
+  step: AttentionStep,
+  selection: StepSelection | null,
+): Float32Array {
+  let logits: Float32Array = new Float32Array(0);
+  // The tidy callback returns nothing: tfjs walks a returned container element by element.
+  tidy(() => {
+    let x = runLayers(w, embedTokens(embed, positions, w.hiddenSize, tokenIds, plan.tokenPos), step, selection);
+    const rows = plan.logitRows;
+    if (rows.length === 0) return;
+    // Rows are increasing, so as many rows as tokens means every token in order.
+    if (rows.length < plan.numTokens) x = gather(x, tensor1d(rows, 'int32')) as Tensor2D;
+    logits = finalLogits(w, x).dataSync() as Float32Array;
+  });
+  return logits;
 }

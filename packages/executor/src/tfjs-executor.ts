@@ -1,5 +1,3 @@
-import { gather, tensor1d, tidy } from '@tensorflow/tfjs-core';
-import type { Tensor2D } from '@tensorflow/tfjs-core';
 import { BackendUnavailableError, ConfigError } from '@tinyserve/core';
 import type {
   AttentionStats,
@@ -10,12 +8,11 @@ import type {
   ForwardResult,
   KvCacheDtype,
   ModelConfig,
-  SelectionConfig,
 } from '@tinyserve/core';
 import { KV_CACHE_DTYPES } from '@tinyserve/kv-retriever';
-import type { SelectionStatsSnapshot } from '@tinyserve/kv-retriever';
 import { ExecutorSelection } from './decode-selection.js';
-import type { DecodeSelector, LayerSelectionRecord, SelectionOptions } from './decode-selection.js';
+import { SelectingExecutor } from './selecting-executor.js';
+import type { DecodeSelector, SelectionOptions } from './decode-selection.js';
 import { checkExecutorOptions } from './executor-options.js';
 import { planForward } from './forward-plan.js';
 import type { ForwardLimits, ForwardPlan } from './forward-plan.js';
@@ -23,7 +20,7 @@ import type { AttentionStatsSink } from './kernels/paged-attention-cpu.js';
 import type { AttentionStep } from './kernels/register-kernels.js';
 import { computeRopeTables } from './kernels/rope.js';
 import { PagedKvCache } from './kv-cache.js';
-import { embedTokens, finalLogits, runLayers, uploadWeights } from './model-graph.js';
+import { stepLogits, uploadWeights } from './model-graph.js';
 import type { GraphWeights } from './model-graph.js';
 import { graphWeightBytes, prepareWeights } from './model-weights.js';
 import { activateTfjsBackend, initTfjsBackend, runExclusive } from './tfjs-backend.js';
@@ -66,7 +63,7 @@ export function checkWasmMemory(weightBytes: number): void {
  * side by side. Executors never share KV pages: to compare selection policies on one cached
  * context, switch policies on one executor with {@link setSelection}.
  */
-export class TfjsExecutor implements Executor {
+export class TfjsExecutor extends SelectingExecutor implements Executor {
   readonly backend: TfjsBackendName;
   readonly model: ModelConfig;
   readonly pageSize: number;
@@ -81,7 +78,6 @@ export class TfjsExecutor implements Executor {
   private readonly embed: Float32Array;
   private readonly positions: Float32Array | null;
   private readonly limits: ForwardLimits;
-  private readonly selectionState: ExecutorSelection;
   private graph: GraphWeights | null;
 
   private constructor(
@@ -93,6 +89,7 @@ export class TfjsExecutor implements Executor {
     positions: Float32Array | null,
   ) {
     const config = options.model.config;
+    super(new ExecutorSelection(selector, { pageSize: options.pageSize, headDim: config.headDim, dtype: options.kvCacheDtype }));
     this.backend = backend;
     this.model = config;
     this.pageSize = options.pageSize;
@@ -113,7 +110,6 @@ export class TfjsExecutor implements Executor {
       options.kvCacheDtype,
     );
     this.kvBytesPerPage = this.kvCache.bytesPerPage;
-    this.selectionState = new ExecutorSelection(selector, { pageSize: options.pageSize, headDim: config.headDim, dtype: options.kvCacheDtype });
     this.limits = {
       vocabSize: config.vocabSize,
       pageSize: options.pageSize,
@@ -143,49 +139,6 @@ export class TfjsExecutor implements Executor {
         throw err;
       }
     });
-  }
-
-  /** The selection configuration in force. */
-  get selection(): Readonly<SelectionConfig> {
-    return this.selectionState.selector.config;
-  }
-
-  /** The settings beyond `SelectionConfig` in force. */
-  get selectionOptions(): Readonly<SelectionOptions> {
-    return this.selectionState.selector.options;
-  }
-
-  /**
-   * Switches the decode-time selection (policy, ratio or budget, sinks, dense layers, fused
-   * kernel) and its options, keeping the KV cache and its metadata: the cheap way to decode
-   * one cached context under several policies. Validated at once (`ConfigError` naming the
-   * field; the old selection stays on error). Applies to steps that start after the call:
-   * await pending `forward` calls first. Statistics keep accumulating; see
-   * {@link resetSelectionStats}.
-   */
-  setSelection(config: SelectionConfig, options: SelectionOptions = {}): void {
-    this.live();
-    this.selectionState.set(config, options);
-  }
-
-  /**
-   * Cumulative selection statistics of this executor's decode steps (the kv-retriever's
-   * `SelectionStatsCollector` snapshot: `kvHitRate` = pagesSelected / pagesScanned,
-   * `kvReadFraction`, `metadataBytesRead`, `recallMean` when recall is measured). Unlike
-   * `ForwardResult.selection`, its `kvBytesRead` counts KV bytes only; metadata bytes are in
-   * `metadataBytesRead`.
-   */
-  getSelectionStats(): SelectionStatsSnapshot {
-    return this.selectionState.stats();
-  }
-
-  resetSelectionStats(): void {
-    this.selectionState.resetStats();
-  }
-
-  /** Every (decode sequence, layer) page selection of the last step, dense layers included, in layer order. */
-  getLastSelections(): readonly LayerSelectionRecord[] {
-    return this.selectionState.lastSelections();
   }
 
   /**
@@ -235,18 +188,9 @@ export class TfjsExecutor implements Executor {
       selector: selection,
     };
 
-    let logits: Float32Array = new Float32Array(0);
+    let logits: Float32Array;
     try {
-      // The tidy callback returns nothing: tfjs walks a returned container element by element.
-      tidy(() => {
-        const x0 = embedTokens(this.embed, this.positions, cfg.hiddenSize, params.tokenIds, plan.tokenPos);
-        let x = runLayers(graph, x0, step, selection);
-        const rows = plan.logitRows;
-        if (rows.length === 0) return;
-        // Rows are increasing, so as many rows as tokens means every token in order.
-        if (rows.length < plan.numTokens) x = gather(x, tensor1d(rows, 'int32')) as Tensor2D;
-        logits = finalLogits(graph, x).dataSync() as Float32Array;
-      });
+      logits = stepLogits(graph, this.embed, this.positions, params.tokenIds, plan, step, selection);
     } finally {
       // Pages were written (fully or partly): their known fill is the last slot each step wrote.
       for (let s = 0; s < plan.numSeqs; s++) {
@@ -285,7 +229,7 @@ export class TfjsExecutor implements Executor {
     this.graph = null;
   }
 
-  private live(): GraphWeights {
+  protected live(): GraphWeights {
     if (this.graph === null) throw new BackendUnavailableError(`the ${this.backend} executor has been disposed`);
     return this.graph;
   }

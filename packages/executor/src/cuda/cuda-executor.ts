@@ -1,15 +1,14 @@
-import { getBackend, registerBackend, setBackend, tidy, gather, tensor1d } from '@tensorflow/tfjs-core';
-import type { Tensor2D } from '@tensorflow/tfjs-core';
+import { getBackend, registerBackend, setBackend } from '@tensorflow/tfjs-core';
 import { BackendUnavailableError, ConfigError } from '@tinyserve/core';
-import type { CopyTokensParams, Executor, ExecutorOptions, ForwardParams, ForwardResult, ModelConfig, SelectionConfig } from '@tinyserve/core';
-import type { SelectionStatsSnapshot } from '@tinyserve/kv-retriever';
+import type { CopyTokensParams, Executor, ExecutorOptions, ForwardParams, ForwardResult, ModelConfig } from '@tinyserve/core';
 import { ExecutorSelection } from '../decode-selection.js';
-import type { DecodeSelector, LayerSelectionRecord, SelectionOptions } from '../decode-selection.js';
+import { SelectingExecutor } from '../selecting-executor.js';
+import type { DecodeSelector, SelectionOptions } from '../decode-selection.js';
 import { checkExecutorOptions } from '../executor-options.js';
 import { planForward } from '../forward-plan.js';
 import type { ForwardLimits } from '../forward-plan.js';
 import type { AttentionStep } from '../kernels/register-kernels.js';
-import { embedTokens, finalLogits, runLayers, uploadWeights } from '../model-graph.js';
+import { stepLogits, uploadWeights } from '../model-graph.js';
 import type { GraphWeights } from '../model-graph.js';
 import { prepareWeights } from '../model-weights.js';
 import { runExclusive } from '../tfjs-backend.js';
@@ -65,7 +64,7 @@ function checkOptions(options: ExecutorOptions, selectionOptions: SelectionOptio
  * and attends in one launch. Steps with prompt tokens use causal paged prefill attention.
  * Attention statistics are not collected.
  */
-export class CudaExecutor implements Executor {
+export class CudaExecutor extends SelectingExecutor implements Executor {
   readonly backend = CUDA_BACKEND_NAME;
   readonly model: ModelConfig;
   readonly pageSize: number;
@@ -74,7 +73,6 @@ export class CudaExecutor implements Executor {
   readonly device: CudaDeviceInfo;
   readonly kvCache: CudaKvCache;
 
-  private readonly selectionState: ExecutorSelection;
   private readonly limits: ForwardLimits;
   private readonly plan: CudaStepPlan;
   private readonly fusedLog: FusedSelectionLog;
@@ -92,6 +90,7 @@ export class CudaExecutor implements Executor {
     private readonly embed: Float32Array,
     private readonly positions: Float32Array | null,
   ) {
+    super(new ExecutorSelection(selector, { pageSize: options.pageSize, headDim: options.model.config.headDim, dtype: kvDtype }));
     const config = options.model.config;
     this.device = device;
     this.model = config;
@@ -106,7 +105,6 @@ export class CudaExecutor implements Executor {
       metadata: 'fp32',
     });
     this.kvBytesPerPage = this.kvCache.bytesPerPage;
-    this.selectionState = new ExecutorSelection(selector, { pageSize: options.pageSize, headDim: config.headDim, dtype: kvDtype });
     this.plan = new CudaStepPlan(addon);
     this.fusedLog = new FusedSelectionLog(addon, this.plan, config.numLayers, config.numKvHeads);
     this.limits = {
@@ -156,36 +154,6 @@ export class CudaExecutor implements Executor {
         throw err;
       }
     });
-  }
-
-  /** The selection configuration in force. */
-  get selection(): Readonly<SelectionConfig> {
-    return this.selectionState.selector.config;
-  }
-
-  /** The settings beyond `SelectionConfig` in force. */
-  get selectionOptions(): Readonly<SelectionOptions> {
-    return this.selectionState.selector.options;
-  }
-
-  /** As `TfjsExecutor.setSelection`: switches policy and options between steps, keeping the KV cache. */
-  setSelection(config: SelectionConfig, options: SelectionOptions = {}): void {
-    this.live();
-    this.selectionState.set(config, options);
-  }
-
-  /** As `TfjsExecutor.getSelectionStats`. */
-  getSelectionStats(): SelectionStatsSnapshot {
-    return this.selectionState.stats();
-  }
-
-  resetSelectionStats(): void {
-    this.selectionState.resetStats();
-  }
-
-  /** Every (decode sequence, layer) page selection of the last step, dense layers included, in layer order. */
-  getLastSelections(): readonly LayerSelectionRecord[] {
-    return this.selectionState.lastSelections();
   }
 
   async forward(params: ForwardParams): Promise<ForwardResult> {
@@ -263,15 +231,7 @@ export class CudaExecutor implements Executor {
       aggregateSum: selector.options.gqaAggregation === 'sum',
     });
 
-    let logits: Float32Array = new Float32Array(0);
-    tidy(() => {
-      const x0 = embedTokens(this.embed, this.positions, cfg.hiddenSize, params.tokenIds, plan.tokenPos);
-      let x = runLayers(graph, x0, step, selection);
-      const rows = plan.logitRows;
-      if (rows.length === 0) return;
-      if (rows.length < plan.numTokens) x = gather(x, tensor1d(rows, 'int32')) as Tensor2D;
-      logits = finalLogits(graph, x).dataSync() as Float32Array;
-    });
+    const logits = stepLogits(graph, this.embed, this.positions, params.tokenIds, plan, step, selection);
     if (plan.logitRows.length === 0) this.addon.synchronize();
     if (fused) this.fusedLog.flush(selection);
     return { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionState.endStep(selection) };
@@ -307,7 +267,7 @@ export class CudaExecutor implements Executor {
     this.qRot = null;
   }
 
-  private live(): GraphWeights {
+  protected live(): GraphWeights {
     if (this.graph === null) throw new BackendUnavailableError('the cuda executor has been disposed');
     return this.graph;
   }
