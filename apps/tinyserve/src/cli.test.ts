@@ -2,24 +2,9 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { runCli } from './cli.js';
-import type { CommandIo } from './io.js';
+import { captureIo as capture } from './__fixtures__/capture-io.js';
 
 const HF = fileURLToPath(new URL('../../../__fixtures__/hf/', import.meta.url));
-
-function capture(env: NodeJS.ProcessEnv = {}): CommandIo & { out: string; err: string } {
-  const io = {
-    out: '',
-    err: '',
-    env,
-    stdout(text: string) {
-      io.out += text;
-    },
-    stderr(text: string) {
-      io.err += text;
-    },
-  };
-  return io;
-}
 
 describe('tinyserve generate', () => {
   const ref = JSON.parse(readFileSync(`${HF}llama-tiny-gqa/reference.json`, 'utf8'));

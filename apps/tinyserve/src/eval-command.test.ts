@@ -4,25 +4,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runCli } from './cli.js';
-import type { CommandIo } from './io.js';
+import { captureIo as capture } from './__fixtures__/capture-io.js';
 
 const HF = fileURLToPath(new URL('../../../__fixtures__/hf/', import.meta.url));
 const MODEL = `${HF}llama-tiny-gqa`;
-
-function capture(): CommandIo & { out: string; err: string } {
-  const io = {
-    out: '',
-    err: '',
-    env: {},
-    stdout(text: string) {
-      io.out += text;
-    },
-    stderr(text: string) {
-      io.err += text;
-    },
-  };
-  return io;
-}
 
 // The fixtures have 2 layers and a 256-token context: no dense layers, short prompts.
 const SMALL = ['--model', MODEL, '--contexts', '200', '--trials', '2', '--dense-layers', '0'];

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './cli.js';
-import type { CommandIo } from './io.js';
+import { captureIo as capture } from './__fixtures__/capture-io.js';
 import { allowDownloadFrom, createProgressBar, downloadProgress, formatBytes, formatDuration, modelLoadingProgress, stderrWriter } from './progress.js';
 import type { ProgressWriter } from './progress.js';
 
@@ -20,11 +20,6 @@ function fakeWriter(isTTY: boolean, columns = 80): ProgressWriter & { chunks: st
 function fakeClock(): { now: () => number; set(ms: number): void } {
   let t = 0;
   return { now: () => t, set: (ms) => void (t = ms) };
-}
-
-function capture(env: NodeJS.ProcessEnv = {}): CommandIo & { out: string; err: string } {
-  const io = { out: '', err: '', env, stdout: (text: string) => void (io.out += text), stderr: (text: string) => void (io.err += text) };
-  return io;
 }
 
 describe('progress bar on a TTY', () => {
