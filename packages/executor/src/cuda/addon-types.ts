@@ -212,20 +212,8 @@ export interface AppendKvArgs {
   ropeTheta?: number;
 }
 
-export interface PrefillLayerArgs {
-  q: DeviceBuffer;
-  qOffset?: number;
-  qStride?: number;
-  k: DeviceBuffer;
-  v: DeviceBuffer;
-  /** int8 KV only (required then). */
-  kScale?: DeviceBuffer;
-  vScale?: DeviceBuffer;
-  out: DeviceBuffer;
-  outOffset?: number;
-  outStride?: number;
-  scale?: number;
-}
+/** One layer's causal attention of every new token: the decode operands, one row per new token. */
+export type PrefillLayerArgs = DecodeLayerArgs;
 
 export interface TimedCall {
   op: 'dense' | 'sparse';
