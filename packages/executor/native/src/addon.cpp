@@ -301,35 +301,67 @@ static void scaleArgs(napi_env env, napi_value o, const StepPlan& plan, float** 
   *v = reinterpret_cast<float*>(bufferArg(env, o, "vScale", rows, 4));
 }
 
+/** Row stride of a [numTokens, numQHeads * headDim] fp32 operand (field `name`), at least one row. */
+static long rowStride(napi_env env, napi_value o, const char* name, const StepPlan& plan) {
+  const long hd = (long)plan.numQHeads * plan.headDim;
+  const long st = integer(env, o, name, hd);
+  if (st < hd) throw ArgError(std::string(name) + ": must be at least numQHeads * headDim = " + std::to_string(hd) + ", got " + std::to_string(st));
+  return st;
+}
+
+/**
+ * The operands every decode attention call reads, into `a`: the step's queries and outputs
+ * (`q`, `qStride`, `out`, `outStride`, one row per new token), the layer's K/V pool (`k`, `v`,
+ * and `kScale` / `vScale` for int8) and the logit scale (`scale`, default 1/sqrt(headDim)).
+ */
+static void decodeOperands(napi_env env, napi_value o, StepPlan& plan, DecodeArgs& a) {
+  const long hd = (long)plan.numQHeads * plan.headDim;
+  const long lastRow = std::max(0, plan.numTokens - 1);
+  a.qStride = rowStride(env, o, "qStride", plan);
+  a.outStride = rowStride(env, o, "outStride", plan);
+  a.q = reinterpret_cast<const float*>(bufferArg(env, o, "q", plan.numTokens ? lastRow * a.qStride + hd : 0, 4));
+  a.out = reinterpret_cast<float*>(bufferArg(env, o, "out", plan.numTokens ? lastRow * a.outStride + hd : 0, 4));
+  a.kCache = bufferArg(env, o, "k", plan.kvPoolElems, kvBytes(plan));
+  a.vCache = bufferArg(env, o, "v", plan.kvPoolElems, kvBytes(plan));
+  float *ks, *vs;
+  scaleArgs(env, o, plan, &ks, &vs);
+  a.kScale = ks;
+  a.vScale = vs;
+  a.scaleLog2 = (float)(num(env, o, "scale", 1.0 / std::sqrt((double)plan.headDim)) * 1.4426950408889634);
+}
+
+/** A layer's page metadata: `metaDtype` (0 fp32, 1 fp16) and the `metaMin` / `metaMax` boxes (both or, when optional, neither). */
+struct MetaOperands {
+  int dtype;
+  void *min, *max;
+};
+
+static MetaOperands metaOperands(napi_env env, napi_value o, const StepPlan& plan, bool optional) {
+  MetaOperands m{};
+  m.dtype = (int)integer(env, o, "metaDtype", 0);
+  if (m.dtype != META_F32 && m.dtype != META_F16) throw ArgError("metaDtype: must be 0 (fp32) or 1 (fp16), got " + std::to_string(m.dtype));
+  const long elems = plan.kvPoolElems / std::max(plan.pageSize, 1);
+  const int bytes = m.dtype == META_F16 ? 2 : 4;
+  m.min = bufferArg(env, o, "metaMin", elems, bytes, optional);
+  m.max = bufferArg(env, o, "metaMax", elems, bytes, optional);
+  if ((m.min == nullptr) != (m.max == nullptr)) throw ArgError("metaMin/metaMax: give both or neither");
+  return m;
+}
+
 /** The decode launch of one layer, checked against the plan; reused by timeCalls. */
 static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value o, bool sparse) {
   if (!plan->decodeOnly) throw ArgError("decode: the plan's step is not one new token per sequence (use prefill)");
   if (sparse && !plan->hasSparse) throw ArgError("decodeSparse: the plan has no topK (sparse selection)");
-  const long qStride = integer(env, o, "qStride", (long)plan->numQHeads * plan->headDim);
-  const long outStride = integer(env, o, "outStride", (long)plan->numQHeads * plan->headDim);
-  const long rows = plan->numSeqs == 0 ? 0 : (long)(plan->numSeqs - 1);
-  const long qNeed = rows * qStride + (long)plan->numQHeads * plan->headDim;
   DecodeArgs a = plan->decodeArgs(sparse ? plan->sparseSplits : plan->denseSplits);
-  a.q = reinterpret_cast<const float*>(bufferArg(env, o, "q", qNeed, 4));
-  a.qStride = qStride;
-  a.out = reinterpret_cast<float*>(bufferArg(env, o, "out", rows * outStride + (long)plan->numQHeads * plan->headDim, 4));
-  a.outStride = outStride;
-  a.kCache = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
-  a.vCache = bufferArg(env, o, "v", plan->kvPoolElems, kvBytes(*plan));
-  float *ks, *vs;
-  scaleArgs(env, o, *plan, &ks, &vs);
-  a.kScale = ks;
-  a.vScale = vs;
-  a.scaleLog2 = (float)(num(env, o, "scale", 1.0 / std::sqrt((double)plan->headDim)) * 1.4426950408889634);
+  decodeOperands(env, o, *plan, a);
   const int kv = plan->kvDtype;
   if (!sparse) return [a, kv]() { launchDenseDecode(a, kv, stream()); };
   SparseArgs s{};
   s.d = a;
-  s.metaDtype = (int)integer(env, o, "metaDtype", 0);
-  if (s.metaDtype != META_F32 && s.metaDtype != META_F16) throw ArgError("metaDtype: must be 0 (fp32) or 1 (fp16)");
-  const long metaElems = plan->kvPoolElems / plan->pageSize;
-  s.metaMin = bufferArg(env, o, "metaMin", metaElems, s.metaDtype == META_F16 ? 2 : 4);
-  s.metaMax = bufferArg(env, o, "metaMax", metaElems, s.metaDtype == META_F16 ? 2 : 4);
+  const MetaOperands meta = metaOperands(env, o, *plan, false);
+  s.metaDtype = meta.dtype;
+  s.metaMin = meta.min;
+  s.metaMax = meta.max;
   s.aggregateSum = flag(env, o, "aggregateSum") ? 1 : 0;
   s.phases = (int)integer(env, o, "phases", 3);
   if (s.phases != 1 && s.phases != 2 && s.phases != 3 && s.phases != 5)
@@ -435,14 +467,6 @@ static int* uploadLists(StepPlan* plan, const std::vector<int>& host) {
   return d;
 }
 
-/** Row stride of a [numTokens, numQHeads * headDim] fp32 operand (field `name`), at least one row. */
-static long rowStride(napi_env env, napi_value o, const char* name, const StepPlan& plan) {
-  const long hd = (long)plan.numQHeads * plan.headDim;
-  const long st = integer(env, o, name, hd);
-  if (st < hd) throw ArgError(std::string(name) + ": must be at least numQHeads * headDim = " + std::to_string(hd) + ", got " + std::to_string(st));
-  return st;
-}
-
 /**
  * pageScore(plan, { q, qStride?, metaMin, metaMax, metaDtype?, aggregateSum?, out, seqs, outOffsets }):
  * Quest scores of sequence seqs[i]'s pages for its decode query, [numKvHeads, its pages] at
@@ -471,11 +495,10 @@ static napi_value pageScore(napi_env env, napi_callback_info info) {
   a.qStride = rowStride(env, o, "qStride", *plan);
   const long hd = (long)plan->numQHeads * plan->headDim;
   a.q = reinterpret_cast<const float*>(bufferArg(env, o, "q", plan->numTokens ? (plan->numTokens - 1) * a.qStride + hd : 0, 4));
-  a.metaDtype = (int)integer(env, o, "metaDtype", 0);
-  if (a.metaDtype != META_F32 && a.metaDtype != META_F16) throw ArgError("metaDtype: must be 0 (fp32) or 1 (fp16)");
-  const long metaElems = plan->kvPoolElems / std::max(plan->pageSize, 1);
-  a.metaMin = bufferArg(env, o, "metaMin", metaElems, a.metaDtype == META_F16 ? 2 : 4);
-  a.metaMax = bufferArg(env, o, "metaMax", metaElems, a.metaDtype == META_F16 ? 2 : 4);
+  const MetaOperands meta = metaOperands(env, o, *plan, false);
+  a.metaDtype = meta.dtype;
+  a.metaMin = meta.min;
+  a.metaMax = meta.max;
   a.out = reinterpret_cast<float*>(bufferArg(env, o, "out", outNeed, 4));
   a.aggregateSum = flag(env, o, "aggregateSum") ? 1 : 0;
   if (seqs.empty()) return undefinedValue(env);
@@ -526,16 +549,8 @@ static napi_value decodeSelected(napi_env env, napi_callback_info info) {
   }
   const long requested = integer(env, o, "splits", 0);
   if (requested < 0) throw ArgError("splits: must be 0 (auto) or positive, got " + std::to_string(requested));
-  const long hd = (long)plan->numQHeads * plan->headDim;
-  const long qStride = rowStride(env, o, "qStride", *plan), outStride = rowStride(env, o, "outStride", *plan);
-  const long lastRow = std::max(0, plan->numTokens - 1);
-  const float* q = reinterpret_cast<const float*>(bufferArg(env, o, "q", plan->numTokens ? lastRow * qStride + hd : 0, 4));
-  float* out = reinterpret_cast<float*>(bufferArg(env, o, "out", plan->numTokens ? lastRow * outStride + hd : 0, 4));
-  const void* kc = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
-  const void* vc = bufferArg(env, o, "v", plan->kvPoolElems, kvBytes(*plan));
-  float *ks, *vs;
-  scaleArgs(env, o, *plan, &ks, &vs);
-  const float scaleLog2 = (float)(num(env, o, "scale", 1.0 / std::sqrt((double)plan->headDim)) * 1.4426950408889634);
+  DecodeArgs operands{};
+  decodeOperands(env, o, *plan, operands);
   if (seqs.empty()) return undefinedValue(env);
 
   const KernelInfo k = selectedDecodeKernel(plan->kvDtype, plan->headDim, plan->headsPerCta);
@@ -548,15 +563,15 @@ static napi_value decodeSelected(napi_env env, napi_callback_info info) {
   SelectedArgs a{};
   a.d = plan->decodeArgs(splits);
   a.d.numSeqs = (int)seqs.size();
-  a.d.q = q;
-  a.d.qStride = qStride;
-  a.d.out = out;
-  a.d.outStride = outStride;
-  a.d.kCache = kc;
-  a.d.vCache = vc;
-  a.d.kScale = ks;
-  a.d.vScale = vs;
-  a.d.scaleLog2 = scaleLog2;
+  a.d.q = operands.q;
+  a.d.qStride = operands.qStride;
+  a.d.out = operands.out;
+  a.d.outStride = operands.outStride;
+  a.d.kCache = operands.kCache;
+  a.d.vCache = operands.vCache;
+  a.d.kScale = operands.kScale;
+  a.d.vScale = operands.vScale;
+  a.d.scaleLog2 = operands.scaleLog2;
   std::vector<int> host(seqs);
   host.insert(host.end(), rows.begin(), rows.end());
   host.insert(host.end(), indptr.begin(), indptr.end());
@@ -591,11 +606,10 @@ static napi_value appendKv(napi_env env, napi_callback_info info) {
   a.kCache = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
   a.vCache = bufferArg(env, o, "v", plan->kvPoolElems, kvBytes(*plan));
   scaleArgs(env, o, *plan, &a.kScale, &a.vScale);
-  a.metaDtype = (int)integer(env, o, "metaDtype", 0);
-  const int mb = a.metaDtype == META_F16 ? 2 : 4;
-  a.metaMin = bufferArg(env, o, "metaMin", plan->kvPoolElems / plan->pageSize, mb, true);
-  a.metaMax = bufferArg(env, o, "metaMax", plan->kvPoolElems / plan->pageSize, mb, true);
-  if ((a.metaMin == nullptr) != (a.metaMax == nullptr)) throw ArgError("metaMin/metaMax: give both or neither");
+  const MetaOperands meta = metaOperands(env, o, *plan, true);
+  a.metaDtype = meta.dtype;
+  a.metaMin = meta.min;
+  a.metaMax = meta.max;
   a.tokenPage = plan->tokenPage;
   a.tokenSlot = plan->tokenSlot;
   a.tokenPos = plan->tokenPos;

@@ -168,6 +168,34 @@ __device__ __forceinline__ float blockSum(float v, float* scratch) {
 /** exp2 that maps -inf to 0 without producing NaN for (-inf) - (-inf). */
 __device__ __forceinline__ float safeScale(float m, float M) { return m == -INFINITY ? 0.f : exp2f(m - M); }
 
+/**
+ * Merges the NW per-warp decode results of a CTA (warp k's acc[GT][D], m[GT], l[GT] at
+ * smem + k * STRIDE, m in log2 units) into one at `res`, rescaled to the common max; called by
+ * every thread after the warps' results are written and a barrier; ends with a barrier.
+ */
+template <int GT, int D, int NW, int STRIDE>
+__device__ __forceinline__ void mergeWarpResults(const float* smem, float* res) {
+  for (int idx = threadIdx.x; idx < GT * D; idx += blockDim.x) {
+    const int g = idx / D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < NW; k++) M = fmaxf(M, smem[k * STRIDE + GT * D + g]);
+    float A = 0.f, L = 0.f;
+#pragma unroll
+    for (int k = 0; k < NW; k++) {
+      const float c = safeScale(smem[k * STRIDE + GT * D + g], M);
+      A += smem[k * STRIDE + idx] * c;
+      L += smem[k * STRIDE + GT * D + GT + g] * c;
+    }
+    res[idx] = A;
+    if (idx % D == 0) {
+      res[GT * D + g] = M;
+      res[GT * D + GT + g] = L;
+    }
+  }
+  __syncthreads();
+}
+
 inline int ceilDiv(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace ts

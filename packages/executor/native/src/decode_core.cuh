@@ -190,26 +190,7 @@ struct DecodeCore {
         w[GT * D + GT + g] = l[g];
       }
     __syncthreads();
-    float* res = result(smem);
-    for (int idx = threadIdx.x; idx < GT * D; idx += blockDim.x) {
-      const int g = idx / D;
-      float M = -INFINITY;
-#pragma unroll
-      for (int k = 0; k < NW; k++) M = fmaxf(M, smem[k * SLOT + GT * D + g]);
-      float A = 0.f, L = 0.f;
-#pragma unroll
-      for (int k = 0; k < NW; k++) {
-        const float c = safeScale(smem[k * SLOT + GT * D + g], M);
-        A += smem[k * SLOT + idx] * c;
-        L += smem[k * SLOT + GT * D + GT + g] * c;
-      }
-      res[idx] = A;
-      if (idx % D == 0) {
-        res[GT * D + g] = M;
-        res[GT * D + GT + g] = L;
-      }
-    }
-    __syncthreads();
+    mergeWarpResults<GT, D, NW, SLOT>(smem, result(smem));
   }
 
   __device__ static float* result(float* smem) { return smem + NW * SLOT; }

@@ -215,26 +215,7 @@ struct TcDecodeCore {
       w[GT * D + GT + g + 8] = l1;
     }
     __syncthreads();
-    float* res = result(smem);
-    for (int idx = threadIdx.x; idx < GT * D; idx += blockDim.x) {
-      const int gg = idx / D;
-      float M = -INFINITY;
-#pragma unroll
-      for (int k = 0; k < NW; k++) M = fmaxf(M, smem[k * WARP_FLOATS + GT * D + gg]);
-      float A = 0.f, L = 0.f;
-#pragma unroll
-      for (int k = 0; k < NW; k++) {
-        const float c = safeScale(smem[k * WARP_FLOATS + GT * D + gg], M);
-        A += smem[k * WARP_FLOATS + idx] * c;
-        L += smem[k * WARP_FLOATS + GT * D + GT + gg] * c;
-      }
-      res[idx] = A;
-      if (idx % D == 0) {
-        res[GT * D + gg] = M;
-        res[GT * D + GT + gg] = L;
-      }
-    }
-    __syncthreads();
+    mergeWarpResults<GT, D, NW, WARP_FLOATS>(smem, result(smem));
   }
 };
 
