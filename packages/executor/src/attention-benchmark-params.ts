@@ -338,7 +338,7 @@ export function resolveBenchmarkAttentionParams(
  * finished, its selector had the keys in shared memory, had found the K-th largest key, had
  * written the pages, had published them; when its first attender saw them, its attenders had
  * finished, its merged output was written. `end`: the last CTA's exit. `rounds`: median
- * counting rounds of the selection; `exactFraction`: pairs whose search ended on an exact count.
+ * radix digits (rounds) of the selection's threshold search; `exactFraction`: pairs whose search ended on an exact count.
  */
 export interface SparseTimeline {
   scored: number;

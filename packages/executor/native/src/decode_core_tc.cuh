@@ -8,6 +8,7 @@
 #include "common.cuh"
 #include "decode_args.h"
 #include "mma.cuh"
+#include "tc_softmax.cuh"
 
 namespace ts {
 
@@ -18,6 +19,8 @@ struct TcDecodeCore {
   static constexpr int HEAD_DIM = D;
   static constexpr int WARPS = NW;
   static constexpr int GT = 16;
+  /** Resident CTAs per SM the kernels' register budget is set for (1: the compiler's choice). */
+  static constexpr int MIN_BLOCKS = 1;
   static_assert(D % 16 == 0 && D <= 128, "tensor-core decode needs a head dim multiple of 16, at most 128");
   static constexpr int KSTEPS = D / 16;  // k-steps of q.k
   static constexpr int NTILES = D / 8;   // n-tiles of p.v
@@ -66,9 +69,7 @@ struct TcDecodeCore {
           x0 = q[row * D + col] * scaleLog2;
           x1 = q[row * D + col + 1] * scaleLog2;
         }
-        const __half h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
-        qhi[ks][r] = packHalf2(__half2float(h0), __half2float(h1));
-        qlo[ks][r] = packHalf2(x0 - __half2float(h0), x1 - __half2float(h1));
+        tcSplitHalf2(x0, x1, qhi[ks][r], qlo[ks][r]);
       }
     }
     float o[NTILES][4];
@@ -78,9 +79,7 @@ struct TcDecodeCore {
 
     const long rowStride = (long)numKvHeads * D;
     const int tilesPerPage = (pageSize + 15) / 16;
-    // This warp's tiles: pages iBeg + warp, + NW, ..., each in tiles of 16 tokens.
-    const int myPages = iEnd > iBeg + warp ? (iEnd - iBeg - warp + NW - 1) / NW : 0;
-    const int numTiles = myPages * tilesPerPage;
+    const int numTiles = tcWarpTiles<NW>(iBeg, iEnd, warp, pageSize);
 
     auto issue = [&](int tile, int buf) {
       const int i = iBeg + warp + (tile / tilesPerPage) * NW;
@@ -142,40 +141,13 @@ struct TcDecodeCore {
         mma16816(s[1], qhi[k], b[2], b[3]);
         mma16816(s[1], qlo[k], b[2], b[3]);
       }
-      // Mask tokens past the page's end; rows g (c0, c1) and g + 8 (c2, c3).
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < 2; n++)
-#pragma unroll
-        for (int c = 0; c < 2; c++) {
-          const int t = n * 8 + 2 * t4 + c;
-          if (t >= valid) s[n][c] = s[n][c + 2] = -INFINITY;
-          mx0 = fmaxf(mx0, s[n][c]);
-          mx1 = fmaxf(mx1, s[n][c + 2]);
-        }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-      const float a0 = safeScale(m0, n0), a1 = safeScale(m1, n1);
-      m0 = n0;
-      m1 = n1;
-      l0 *= a0;
-      l1 *= a1;
-#pragma unroll
-      for (int j = 0; j < NTILES; j++) {
-        o[j][0] *= a0;
-        o[j][1] *= a0;
-        o[j][2] *= a1;
-        o[j][3] *= a1;
-      }
+      tcRescale(s, valid, t4, m0, m1, l0, l1, o);
       // p in fp16 as the A operand of p.v (the C layout of two n-tiles is the A layout).
       uint32_t pa[4];
 #pragma unroll
       for (int n = 0; n < 2; n++) {
-        const __half2 p01 = __floats2half2_rn(n0 == -INFINITY ? 0.f : exp2f(s[n][0] - n0), n0 == -INFINITY ? 0.f : exp2f(s[n][1] - n0));
-        const __half2 p23 = __floats2half2_rn(n1 == -INFINITY ? 0.f : exp2f(s[n][2] - n1), n1 == -INFINITY ? 0.f : exp2f(s[n][3] - n1));
+        const __half2 p01 = __floats2half2_rn(tcProb(s[n][0], m0), tcProb(s[n][1], m0));
+        const __half2 p23 = __floats2half2_rn(tcProb(s[n][2], m1), tcProb(s[n][3], m1));
         const float2 f01 = __half22float2(p01), f23 = __half22float2(p23);
         l0 += f01.x + f01.y;
         l1 += f23.x + f23.y;
@@ -194,26 +166,8 @@ struct TcDecodeCore {
       }
       __syncwarp();  // this buffer is refilled STAGES - 1 tiles later
     }
-    // Row sums over the quad, then this warp's result into its area (staging is done).
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    float* w = smem + warp * WARP_FLOATS;
-#pragma unroll
-    for (int j = 0; j < NTILES; j++) {
-      const int d = j * 8 + 2 * t4;
-      w[g * D + d] = o[j][0];
-      w[g * D + d + 1] = o[j][1];
-      w[(g + 8) * D + d] = o[j][2];
-      w[(g + 8) * D + d + 1] = o[j][3];
-    }
-    if (t4 == 0) {
-      w[GT * D + g] = m0;
-      w[GT * D + g + 8] = m1;
-      w[GT * D + GT + g] = l0;
-      w[GT * D + GT + g + 8] = l1;
-    }
+    // This warp's result into its area (staging is done): o[j] holds channels 8 j + 2 t4, + 1.
+    tcStoreWarp<GT, D, NTILES>(smem + warp * WARP_FLOATS, o, m0, m1, l0, l1, g, t4, [&](int j, int c) { return j * 8 + 2 * t4 + c; });
     __syncthreads();
     mergeWarpResults<GT, D, NW, WARP_FLOATS>(smem, result(smem));
   }

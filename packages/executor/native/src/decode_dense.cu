@@ -11,7 +11,7 @@ namespace ts {
 constexpr int DECODE_WARPS = 8;
 
 template <class Core>
-__global__ void __launch_bounds__(DECODE_WARPS * 32) denseDecodeKernel(DecodeArgs a) {
+__global__ void __launch_bounds__(DECODE_WARPS * 32, Core::MIN_BLOCKS) denseDecodeKernel(DecodeArgs a) {
   extern __shared__ float smem[];
   using KV = typename Core::KvType;
   constexpr int D = Core::HEAD_DIM, GT = Core::GT;
@@ -35,9 +35,9 @@ KernelInfo makeDense() {
 }
 
 int decodeHeadsPerCta(int groupSize, int kvDtype, int headDim) {
-  // Groups of 4 or more share their K/V rows across an m16n8k16 tile on tensor cores (fp16
-  // only: int8 stays on CUDA cores, up to 8 heads per CTA).
-  if (kvDtype == KV_F16 && headDim % 16 == 0 && groupSize >= 4) return 16;
+  // Groups of 4 or more share their K/V rows across an m16n8k16 tile on tensor cores (fp16 and
+  // int8 KV; fp32 stays on CUDA cores, up to 8 heads per CTA).
+  if ((kvDtype == KV_F16 || kvDtype == KV_I8) && headDim % 16 == 0 && groupSize >= 4) return 16;
   return groupSize <= 1 ? 1 : groupSize <= 2 ? 2 : groupSize <= 4 ? 4 : 8;
 }
 
@@ -51,7 +51,7 @@ int decodePartialFloats(int headDim, int headsPerCta) { return headsPerCta * (he
 KernelInfo denseDecodeKernel(int kvDtype, int headDim, int gt) {
   TS_DECODE_DISPATCH(kvDtype, headDim, makeDense, DECODE_WARPS);
   throw ArgError("dense decode: no kernel for headDim " + std::to_string(headDim) + ", kv dtype " + std::to_string(kvDtype) +
-                 ", " + std::to_string(gt) + " heads per CTA (16 needs fp16 KV and a head dim multiple of 16)");
+                 ", " + std::to_string(gt) + " heads per CTA (16 needs fp16 or int8 KV and a head dim multiple of 16)");
 }
 
 void prepareKernel(const KernelInfo& k, int smemBytes) {

@@ -25,7 +25,7 @@ struct ListedPages {
 };
 
 template <class Core>
-__global__ void __launch_bounds__(SELECTED_WARPS * 32) selectedDecodeKernel(SelectedArgs a) {
+__global__ void __launch_bounds__(SELECTED_WARPS * 32, Core::MIN_BLOCKS) selectedDecodeKernel(SelectedArgs a) {
   extern __shared__ float smem[];
   using KV = typename Core::KvType;
   constexpr int D = Core::HEAD_DIM, GT = Core::GT;

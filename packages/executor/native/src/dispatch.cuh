@@ -1,9 +1,10 @@
 // Switches from run-time (KV format, head dim, heads per CTA) to a decode core instantiation:
 // CUDA cores for 1, 2, 4 or 8 heads per CTA (fp32, fp16 or int8 KV, head dims 8-128), tensor
-// cores for 16 (fp16 KV, head dims 16-128).
+// cores for 16 (fp16 or int8 KV, head dims 16-128).
 #pragma once
 #include "decode_core.cuh"
 #include "decode_core_tc.cuh"
+#include "decode_core_tc_i8.cuh"
 
 #define TS_GT_CASES(KV, D, MAKE, NW)        \
   switch (gt) {                             \
@@ -28,6 +29,14 @@
         case 32: return MAKE<TcDecodeCore<32, NW>>();                    \
         case 64: return MAKE<TcDecodeCore<64, NW>>();                    \
         case 128: return MAKE<TcDecodeCore<128, NW>>();                  \
+        default: break;                                                  \
+      }                                                                  \
+    } else if (gt == 16 && (kvDtype) == ::ts::KV_I8) {                   \
+      switch (headDim) {                                                 \
+        case 16: return MAKE<TcDecodeCoreI8<16, NW>>();                  \
+        case 32: return MAKE<TcDecodeCoreI8<32, NW>>();                  \
+        case 64: return MAKE<TcDecodeCoreI8<64, NW>>();                  \
+        case 128: return MAKE<TcDecodeCoreI8<128, NW>>();                \
         default: break;                                                  \
       }                                                                  \
     } else if ((kvDtype) == ::ts::KV_F16) {                              \

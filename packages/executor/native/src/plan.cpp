@@ -95,8 +95,8 @@ void StepPlan::update(const PlanParams& p) {
   groupSize = p.numQHeads / p.numKvHeads;
   if (p.headsPerCta != 0 && p.headsPerCta != 1 && p.headsPerCta != 2 && p.headsPerCta != 4 && p.headsPerCta != 8 && p.headsPerCta != 16)
     fail("headsPerCta", "must be 0 (auto), 1, 2, 4, 8 or 16 (tensor cores), got " + std::to_string(p.headsPerCta));
-  if (p.headsPerCta == 16 && (p.kvDtype != KV_F16 || p.headDim % 16 != 0))
-    fail("headsPerCta", "16 (tensor cores) needs fp16 KV and a head dim multiple of 16");
+  if (p.headsPerCta == 16 && ((p.kvDtype != KV_F16 && p.kvDtype != KV_I8) || p.headDim % 16 != 0))
+    fail("headsPerCta", "16 (tensor cores) needs fp16 or int8 KV and a head dim multiple of 16");
   if (p.headsPerCta == 0) {
     headsPerCta = decodeHeadsPerCta(groupSize, p.kvDtype, p.headDim);
   } else if (p.headsPerCta == 16) {

@@ -80,9 +80,9 @@ export interface PlanUpdateParams {
    */
   sparseWarps?: number;
   /**
-   * Query heads per decode CTA: 1, 2, 4, 8 (CUDA cores) or 16 (tensor cores, fp16 KV, head dim
-   * a multiple of 16); 0 or omitted: 16 for fp16 groups of 4 or more, else (fp32, int8, smaller
-   * groups) the group size rounded up.
+   * Query heads per decode CTA: 1, 2, 4, 8 (CUDA cores) or 16 (tensor cores, fp16 or int8 KV,
+   * head dim a multiple of 16); 0 or omitted: 16 for fp16 and int8 groups of 4 or more, else
+   * (fp32, smaller groups) the group size rounded up.
    */
   headsPerCta?: number;
 }
