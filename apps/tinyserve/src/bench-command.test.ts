@@ -1,29 +1,10 @@
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import type { AttentionTableRow } from '@tinyserve/server';
 import { runCli } from './cli.js';
 import { captureIo as capture } from './__fixtures__/capture-io.js';
 
 const HF = fileURLToPath(new URL('../../../__fixtures__/hf/', import.meta.url));
-
-interface Row {
-  shape: string;
-  mode: string;
-  executor: string;
-  batchSize: number;
-  inputSize: number;
-  numPages: number;
-  numQHeads: number;
-  numKvHeads: number;
-  headDim: number;
-  kvDtype: string;
-  microseconds: number;
-  throughputTokensPerMs: number;
-  bytes: number;
-  gbPerSecond: number;
-  fractionOfCopy: number;
-  pagesAttended: number;
-  pagesTotal: number;
-}
 
 const SMALL = ['--batches', '1,2', '--contexts', '40', '--iterations', '2', '--warmup', '0'];
 
@@ -35,7 +16,7 @@ describe('tinyserve bench attention', () => {
     const out = JSON.parse(io.out);
     expect(out).toMatchObject({ executor: 'cpu', kvDtype: 'fp16', pageSize: 16, model: null, failures: [], sdpa: null });
     expect(out.copyGbPerSecond).toBeGreaterThan(0);
-    const rows = out.rows as Row[];
+    const rows = out.rows as AttentionTableRow[];
     expect(rows.map((r) => [r.shape, r.batchSize, r.inputSize, r.mode])).toEqual([
       ['4/2/8', 1, 40, 'dense'],
       ['4/2/8', 1, 40, 'sparse ratio 0.5'],
