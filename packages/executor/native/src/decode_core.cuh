@@ -3,6 +3,7 @@
 // into per-warp online softmaxes that are merged at the end; split results across CTAs are
 // merged flash-decoding style by the last CTA to finish (no second launch).
 #pragma once
+#include <type_traits>
 #include "common.cuh"
 #include "decode_args.h"
 
@@ -10,30 +11,73 @@ namespace ts {
 
 constexpr int MAX_SPLITS = MAX_DECODE_SPLITS;
 
+/**
+ * Page lists hand out entries: the physical page, bitwise-negated for the sequence's last
+ * (partly filled) page, whose length is `lastLen`.
+ */
+__device__ __forceinline__ void decodePageEntry(int e, int lastLen, int pageSize, int& phys, int& len) {
+  phys = e < 0 ? ~e : e;
+  len = e < 0 ? lastLen : pageSize;
+}
+
 /** Dense decode: logical page i of the sequence. */
 struct DensePages {
   const int* indices;  // the sequence's physical pages
   int numPages;
   int lastLen;
   int pageSize;
-  __device__ __forceinline__ void page(int i, int& phys, int& len) const {
-    phys = indices[i];
-    len = i == numPages - 1 ? lastLen : pageSize;
+  __device__ __forceinline__ int entry(int i) const {
+    const int phys = __ldg(indices + i);
+    return i == numPages - 1 ? ~phys : phys;
   }
 };
 
-/**
- * Sparse decode: the i-th selected page, written earlier in the same launch as its physical
- * id (bitwise-negated for the sequence's last, partly filled page): one load per page.
- */
+/** Sparse decode: the i-th selected page, written earlier in the same launch as its entry. */
 struct SelectedPages {
   const int* entries;
   int lastLen;
   int pageSize;
-  __device__ __forceinline__ void page(int i, int& phys, int& len) const {
-    const int e = __ldcg(entries + i);
-    phys = e < 0 ? ~e : e;
-    len = e < 0 ? lastLen : pageSize;
+  __device__ __forceinline__ int entry(int i) const { return __ldcg(entries + i); }
+};
+
+/** A warp's pages as WarpPages hands them out, each entry loaded when asked for. */
+template <class Pages, int NW>
+struct DirectPages {
+  const Pages& src;
+  int first;
+  __device__ __forceinline__ DirectPages(const Pages& s, int first_, int /*end*/) : src(s), first(first_) {}
+  __device__ __forceinline__ void at(int j, int& phys, int& len) const {
+    decodePageEntry(src.entry(first + j * NW), src.lastLen, src.pageSize, phys, len);
+  }
+};
+
+/**
+ * A warp's pages i = first + j * NW (j = 0, 1, ...) below `end`, their entries fetched 32 at a
+ * time one block ahead (lane l holds entry 32 b + l): the K/V loads of a page never wait on a
+ * dependent page-table load, which otherwise sits on every page's critical path (TinyLlama
+ * heads on tensor cores, batch 8, 32K: 81.7 -> 78.4 us dense). `at` takes a warp-uniform j
+ * that never decreases.
+ */
+template <class Pages, int NW>
+struct WarpPages {
+  const Pages& src;
+  int first, end, block, cur, next;
+  __device__ __forceinline__ WarpPages(const Pages& s, int first_, int end_) : src(s), first(first_), end(end_), block(0) {
+    cur = fetch(0);
+    next = fetch(1);
+  }
+  __device__ __forceinline__ int fetch(int b) const {
+    const int i = first + (b * 32 + (int)(threadIdx.x & 31)) * NW;
+    return i < end ? src.entry(i) : 0;
+  }
+  __device__ __forceinline__ void at(int j, int& phys, int& len) {
+    const int b = j >> 5;
+    if (b != block) {
+      cur = b == block + 1 ? next : fetch(b);
+      next = fetch(b + 1);
+      block = b;
+    }
+    decodePageEntry(__shfl_sync(0xffffffffu, cur, j & 31), src.lastLen, src.pageSize, phys, len);
   }
 };
 
@@ -54,8 +98,8 @@ struct DecodeCore {
   static constexpr int SLOT = GT * (D + 2);
   /** Resident CTAs per SM the kernels' register budget is set for (1: the compiler's choice). */
   static constexpr int MIN_BLOCKS = 1;
-  /** Per-warp results, the merged result, and the split weights of the merge. */
-  static constexpr int SMEM_FLOATS = (NW + 1) * SLOT + GT * MAX_SPLITS;
+  /** Per-warp results and the merged result. */
+  static constexpr int SMEM_FLOATS = (NW + 1) * SLOT;
 
   /**
    * Attends heads [0, gCount) of `q` (rows of D floats, head-major) over pages [iBeg, iEnd) of
@@ -89,7 +133,10 @@ struct DecodeCore {
     // Not for int8, whose scale loads made it slower (GPT2 heads, batch 8, 32K: 285 -> 348 us).
     constexpr int PP = GT <= 2 && NW >= 8 && !K::SCALED ? 2 : 1;
     constexpr int R = PP * U;
-    for (int i0 = iBeg + warp; i0 < iEnd; i0 += NW * PP) {
+    // Two pages a warp hide the page-table load well enough, and the prefetch's registers cost
+    // more there (GPT2 heads, batch 8, 32K: 242.3 -> 252.2 us with it; one page a warp gains).
+    std::conditional_t<PP == 1, WarpPages<Pages, NW>, DirectPages<Pages, NW>> pages(src, iBeg + warp, iEnd);
+    for (int i0 = iBeg + warp, j0 = 0; i0 < iEnd; i0 += NW * PP, j0 += PP) {
       int lenP[PP];
       long firstP[PP], scaleP[PP];
       int maxLen = 0;
@@ -97,7 +144,7 @@ struct DecodeCore {
       for (int pp = 0; pp < PP; pp++) {
         const int i = i0 + pp * NW;
         int phys = 0, len = 0;
-        if (i < iEnd) src.page(i, phys, len);
+        if (i < iEnd) pages.at(j0 + pp, phys, len);
         lenP[pp] = len;
         firstP[pp] = (long)phys * pageSize * rowStride + (long)kvHead * D + col;
         scaleP[pp] = (long)phys * pageSize * numKvHeads + kvHead;
@@ -215,10 +262,6 @@ struct DecodeCore {
   }
 
   __device__ static float* result(float* smem) { return smem + NW * SLOT; }
-
-  /** Merge scratch: the merged M and L per head, then the split weights. */
-  __device__ static float* mergeMl(float* smem) { return smem; }
-  __device__ static float* mergeWeights(float* smem) { return smem + (NW + 1) * SLOT; }
 };
 
 /** out[g * D + d] = acc / l for a core's merged result (zeros where nothing was attended). */
@@ -229,6 +272,53 @@ __device__ void writeFinal(const float* res, float* __restrict__ out, int gCount
     const int g = idx / D;
     const float L = res[GT * D + GT + g];
     out[idx] = L > 0.f ? res[idx] / L : 0.f;
+  }
+}
+
+/**
+ * The last CTA of a unit: a thread folds two adjacent output channels of one head over the
+ * splits' (m, l, acc) at `all`, in chunks of 8 splits with every load of a chunk issued before
+ * any math: one L2 round trip for up to 8 splits where the two-pass merge it replaced took
+ * two and a barrier (this merge is the launch's tail; TinyLlama heads at batch 8 and 32K,
+ * 76.3 -> 74.8 us, at batch 1 19.1 -> 17.4 us). Within a chunk the arithmetic is that of one
+ * pass over the splits' maximum.
+ */
+template <int D, int GT, int SLOT>
+__device__ __forceinline__ void mergeSplits(const float* __restrict__ all, int numSplits, float* __restrict__ out, int gCount) {
+  const int pairs = gCount * D / 2;
+  for (int pi = threadIdx.x; pi < pairs; pi += blockDim.x) {
+    const int idx = 2 * pi, g = idx / D;
+    float M = -INFINITY, L = 0.f;
+    float2 A = make_float2(0.f, 0.f);
+    for (int k0 = 0; k0 < numSplits; k0 += 8) {
+      float mk[8], lk[8];
+      float2 ak[8];
+#pragma unroll
+      for (int u = 0; u < 8; u++) {
+        const int k = k0 + u;
+        const bool ok = k < numSplits;
+        mk[u] = ok ? __ldcg(all + k * SLOT + GT * D + g) : -INFINITY;
+        lk[u] = ok ? __ldcg(all + k * SLOT + GT * D + GT + g) : 0.f;
+        ak[u] = ok ? __ldcg(reinterpret_cast<const float2*>(all + k * SLOT + idx)) : make_float2(0.f, 0.f);
+      }
+      float Mn = M;
+#pragma unroll
+      for (int u = 0; u < 8; u++) Mn = fmaxf(Mn, mk[u]);
+      const float c = safeScale(M, Mn);
+      L *= c;
+      A.x *= c;
+      A.y *= c;
+#pragma unroll
+      for (int u = 0; u < 8; u++) {
+        const float w = safeScale(mk[u], Mn);
+        L += lk[u] * w;
+        A.x += ak[u].x * w;
+        A.y += ak[u].y * w;
+      }
+      M = Mn;
+    }
+    out[idx] = L > 0.f ? A.x / L : 0.f;
+    out[idx + 1] = L > 0.f ? A.y / L : 0.f;
   }
 }
 
@@ -248,46 +338,19 @@ __device__ bool finishDecode(float* smem, int numSplits, int split, float* __res
   }
   float* mine = partial + ((long)unit * numSplits + split) * SLOT;
   for (int idx = threadIdx.x; idx < SLOT; idx += blockDim.x) __stcg(mine + idx, res[idx]);
-  // Barrier, then one device-scope fence by the thread that signals (cumulative over the CTA's stores).
+  // Barrier, then one acquire-release add by the thread that signals: it releases the CTA's
+  // stores (ordered before it by the barrier) and, for the last CTA, acquires the others' (the
+  // same pattern as a fence on each side, without waiting on two full fences on the tail).
   __syncthreads();
   __shared__ int last;
   if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(counters + unit, 1) == numSplits - 1;
-    if (last) __threadfence();
+    int prev;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(prev) : "l"(counters + unit) : "memory");
+    last = prev == numSplits - 1;
   }
   __syncthreads();
   if (!last) return false;
-  const float* all = partial + (long)unit * numSplits * SLOT;
-  float* weights = Core::mergeWeights(smem);  // [GT][MAX_SPLITS]
-  float* ML = Core::mergeMl(smem);            // [GT] M then [GT] L
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-  // Loads are issued in unrolled batches: the merge sits on the tail of the launch, where
-  // one L2 round trip per split would dominate small steps.
-  for (int g = warp; g < gCount; g += nw) {
-    float M = -INFINITY;
-#pragma unroll 4
-    for (int k = lane; k < numSplits; k += 32) M = fmaxf(M, __ldcg(all + k * SLOT + GT * D + g));
-    M = warpMax(M);
-    float L = 0.f;
-#pragma unroll 4
-    for (int k = lane; k < numSplits; k += 32) {
-      const float c = safeScale(__ldcg(all + k * SLOT + GT * D + g), M);
-      weights[g * MAX_SPLITS + k] = c;
-      L += __ldcg(all + k * SLOT + GT * D + GT + g) * c;
-    }
-    L = warpSum(L);
-    if (lane == 0) ML[GT + g] = L;
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < gCount * D; idx += blockDim.x) {
-    const int g = idx / D;
-    float A = 0.f;
-#pragma unroll 8
-    for (int k = 0; k < numSplits; k++) A += __ldcg(all + k * SLOT + idx) * weights[g * MAX_SPLITS + k];
-    const float L = ML[GT + g];
-    out[idx] = L > 0.f ? A / L : 0.f;
-  }
+  mergeSplits<D, GT, SLOT>(partial + (long)unit * numSplits * SLOT, numSplits, out, gCount);
   if (threadIdx.x == 0) counters[unit] = 0;
   // A persistent caller's next item rewrites the scratch read above.
   __syncthreads();

@@ -7,6 +7,7 @@
 #pragma once
 #include "common.cuh"
 #include "decode_args.h"
+#include "decode_core.cuh"
 #include "mma.cuh"
 #include "tc_softmax.cuh"
 
@@ -19,8 +20,12 @@ struct TcDecodeCore {
   static constexpr int HEAD_DIM = D;
   static constexpr int WARPS = NW;
   static constexpr int GT = 16;
-  /** Resident CTAs per SM the kernels' register budget is set for (1: the compiler's choice). */
-  static constexpr int MIN_BLOCKS = 1;
+  /**
+   * Head dims up to 64: two resident 8-warp CTAs a SM (at most 128 registers a thread; the
+   * fused sparse kernel would otherwise take 136 and lose one). 128: the compiler's choice (one
+   * CTA a SM fits in shared memory anyway; 128 registers would spill).
+   */
+  static constexpr int MIN_BLOCKS = D <= 64 ? 2 : 1;
   static_assert(D % 16 == 0 && D <= 128, "tensor-core decode needs a head dim multiple of 16, at most 128");
   static constexpr int KSTEPS = D / 16;  // k-steps of q.k
   static constexpr int NTILES = D / 8;   // n-tiles of p.v
@@ -38,14 +43,10 @@ struct TcDecodeCore {
   static constexpr int SLOT = GT * (D + 2);
   static constexpr int WARP_BYTES = WARP_BYTES_STAGING > SLOT * 4 ? WARP_BYTES_STAGING : SLOT * 4;
   static constexpr int WARP_FLOATS = WARP_BYTES / 4;
-  /** Per-warp areas (staging, then the warp's result), the merged result, the split weights. */
+  /** Per-warp areas (staging, then the warp's result) and the merged result. */
   static constexpr int SMEM_FLOATS = NW * WARP_FLOATS + SLOT;
-  static constexpr int WEIGHTS_OFFSET = 2 * GT;  // aliases the per-warp areas, used after all warps finish
-  static_assert(2 * GT + GT * MAX_DECODE_SPLITS <= NW * WARP_FLOATS, "merge scratch must fit the per-warp areas");
 
   __device__ static float* result(float* smem) { return smem + NW * WARP_FLOATS; }
-  __device__ static float* mergeMl(float* smem) { return smem; }
-  __device__ static float* mergeWeights(float* smem) { return smem + WEIGHTS_OFFSET; }
 
   /** As DecodeCore::run; fp16 only, so the int8 scale pointers are unused. */
   template <class Pages>
@@ -81,11 +82,11 @@ struct TcDecodeCore {
     const int tilesPerPage = (pageSize + 15) / 16;
     const int numTiles = tcWarpTiles<NW>(iBeg, iEnd, warp, pageSize);
 
+    WarpPages<Pages, NW> pages(src, iBeg + warp, iEnd);
     auto issue = [&](int tile, int buf) {
-      const int i = iBeg + warp + (tile / tilesPerPage) * NW;
       const int t0 = (tile % tilesPerPage) * 16;
       int phys, len;
-      src.page(i, phys, len);
+      pages.at(tile / tilesPerPage, phys, len);
       const long first = (long)phys * pageSize * rowStride + (long)kvHead * D;
       __half* ks = stage + buf * STAGE_HALVES;
       __half* vs = ks + TILE_HALVES;

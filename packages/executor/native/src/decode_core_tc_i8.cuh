@@ -10,6 +10,7 @@
 #pragma once
 #include "common.cuh"
 #include "decode_args.h"
+#include "decode_core.cuh"
 #include "mma.cuh"
 #include "tc_softmax.cuh"
 
@@ -45,15 +46,12 @@ struct TcDecodeCoreI8 {
   /** 16-token tiles a warp loads at once. */
   static constexpr int PT = D <= 64 ? 2 : 1;
   static constexpr int SLOT = GT * (D + 2);
-  static constexpr int MERGE_FLOATS = 2 * GT + GT * MAX_DECODE_SPLITS;
-  /** Per-warp result areas (the merge scratch once all warps finish), the merged result, the query fragments. */
-  static constexpr int WARP_FLOATS = SLOT * NW >= MERGE_FLOATS ? SLOT : (MERGE_FLOATS + NW - 1) / NW;
+  /** Per-warp result areas, the merged result, the query fragments. */
+  static constexpr int WARP_FLOATS = SLOT;
   static constexpr int QFRAG_WORDS = 2 * KSTEPS * 32 * 4;
   static constexpr int SMEM_FLOATS = NW * WARP_FLOATS + SLOT + QFRAG_WORDS;
 
   __device__ static float* result(float* smem) { return smem + NW * WARP_FLOATS; }
-  __device__ static float* mergeMl(float* smem) { return smem; }
-  __device__ static float* mergeWeights(float* smem) { return smem + 2 * GT; }
 
   /** N bytes (2, 4, 8 or 16; aligned to N) as words (the first half of one word for N = 2); zeros when !ok. */
   template <int N>
@@ -110,6 +108,7 @@ struct TcDecodeCoreI8 {
     const int tilesPerPage = (pageSize + 15) / 16;
     const int numTiles = tcWarpTiles<NW>(iBeg, iEnd, warp, pageSize);
 
+    WarpPages<Pages, NW> pages(src, iBeg + warp, iEnd);
     for (int tile0 = 0; tile0 < numTiles; tile0 += PT) {
       // Keys of tokens g and g + 8 (this lane's channels); values and both scales of tokens
       // 2 t4, 2 t4 + 1, 2 t4 + 8, 2 t4 + 9 (the logits' columns this lane holds): all loads first.
@@ -121,7 +120,7 @@ struct TcDecodeCoreI8 {
         const int tile = tile0 + pt;
         int phys = 0, len = 0, t0 = 0;
         if (tile < numTiles) {
-          src.page(iBeg + warp + (tile / tilesPerPage) * NW, phys, len);
+          pages.at(tile / tilesPerPage, phys, len);
           t0 = (tile % tilesPerPage) * 16;
         }
         valid[pt] = len - t0;

@@ -17,10 +17,10 @@ struct ListedPages {
   int numPages;
   int lastLen;
   int pageSize;
-  __device__ __forceinline__ void page(int i, int& phys, int& len) const {
+  __device__ __forceinline__ int entry(int i) const {
     const int li = __ldg(logical + i);
-    phys = __ldg(indices + li);
-    len = li == numPages - 1 ? lastLen : pageSize;
+    const int phys = __ldg(indices + li);
+    return li == numPages - 1 ? ~phys : phys;
   }
 };
 
