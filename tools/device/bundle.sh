@@ -10,6 +10,7 @@
 # Then, on the device (the `run` tool, carrying .device; see tools/device/run.sh and e2e.sh):
 #   OUT=$OUT bash tools/device/run.sh NAME "" "--shapes tinyllama,gpt2 --batches 1,8,32 --trace"
 #   OUT=$OUT ADDON=NAME bash tools/device/e2e.sh
+#   OUT=$OUT ADDON=NAME bash tools/device/ncu-dense.sh      # Nsight Compute: dense decode and SDPA
 #
 # On the device: source .device/env.sh; xz -dc .device/NAME.node.xz > /tmp/a.node;
 #   xz -dc .device/NAME.mjs.xz > /tmp/run.mjs; TINYSERVE_CUDA_ADDON=/tmp/a.node node /tmp/run.mjs --out $OUT
