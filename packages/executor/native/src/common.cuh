@@ -121,25 +121,31 @@ __device__ __forceinline__ int8_t int8Quantize(float x, float scale) {
   return (int8_t)fmin(fmax(r, -127.0), 127.0);
 }
 
+/** 8 channels of a key box, as 16 bytes of fp16 or 32 bytes of fp32, widened to float (exact). */
+__device__ __forceinline__ void boxFromHalf8(const uint4& r, float (&out)[8]) {
+  const __half2* h = reinterpret_cast<const __half2*>(&r);
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 f = __half22float2(h[j]);
+    out[2 * j] = f.x;
+    out[2 * j + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void boxFromFloat8(const uint4& a, const uint4& b, float (&out)[8]) {
+  out[0] = __uint_as_float(a.x), out[1] = __uint_as_float(a.y), out[2] = __uint_as_float(a.z), out[3] = __uint_as_float(a.w);
+  out[4] = __uint_as_float(b.x), out[5] = __uint_as_float(b.y), out[6] = __uint_as_float(b.z), out[7] = __uint_as_float(b.w);
+}
+
 /**
  * 8 consecutive channels of a page's key box (page metadata, fp32 or fp16) from channel i (a
  * multiple of 8), widened to float (exact for fp16): one or two 16-byte loads.
  */
 __device__ __forceinline__ void loadBox8(const void* p, long i, int dtype, float (&out)[8]) {
   if (dtype == META_F16) {
-    const uint4 r = __ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(p) + i));
-    const __half2* h = reinterpret_cast<const __half2*>(&r);
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const float2 f = __half22float2(h[j]);
-      out[2 * j] = f.x;
-      out[2 * j + 1] = f.y;
-    }
+    boxFromHalf8(__ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(p) + i)), out);
   } else {
-    const float4* f = reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
-    const float4 a = __ldg(f), b = __ldg(f + 1);
-    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+    const uint4* f = reinterpret_cast<const uint4*>(static_cast<const float*>(p) + i);
+    boxFromFloat8(__ldg(f), __ldg(f + 1), out);
   }
 }
 

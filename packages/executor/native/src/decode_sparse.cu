@@ -105,21 +105,11 @@ __device__ void scorePages(const SparseArgs& a, const float* qs, int G, const in
     for (int u = 0; u < U; u++) {
 #pragma unroll
       for (int h = 0; h < 2; h++) {
-        float* dst = h ? hi[u] : lo[u];
-        if constexpr (sizeof(M) == 2) {
-          const uint4 r = st[(u * 2 + h) * 32];
-          const __half2* hv = reinterpret_cast<const __half2*>(&r);
-#pragma unroll
-          for (int c = 0; c < 4; c++) {
-            const float2 f = __half22float2(hv[c]);
-            dst[2 * c] = f.x;
-            dst[2 * c + 1] = f.y;
-          }
-        } else {
-          const uint4 r0 = st[((u * 2 + h) * 2) * 32], r1 = st[((u * 2 + h) * 2 + 1) * 32];
-          dst[0] = __uint_as_float(r0.x), dst[1] = __uint_as_float(r0.y), dst[2] = __uint_as_float(r0.z), dst[3] = __uint_as_float(r0.w);
-          dst[4] = __uint_as_float(r1.x), dst[5] = __uint_as_float(r1.y), dst[6] = __uint_as_float(r1.z), dst[7] = __uint_as_float(r1.w);
-        }
+        float(&dst)[8] = h ? hi[u] : lo[u];
+        if constexpr (sizeof(M) == 2)
+          boxFromHalf8(st[(u * 2 + h) * 32], dst);
+        else
+          boxFromFloat8(st[((u * 2 + h) * 2) * 32], st[((u * 2 + h) * 2 + 1) * 32], dst);
       }
     }
     float best[U];

@@ -21,24 +21,22 @@
   }                                         \
   break;
 
+// Tensor-core cores: head dims 16-128.
+#define TS_TC_CASES(CORE, HD, MAKE, NW)              \
+  switch (HD) {                                      \
+    case 16: return MAKE<CORE<16, NW>>();            \
+    case 32: return MAKE<CORE<32, NW>>();            \
+    case 64: return MAKE<CORE<64, NW>>();            \
+    case 128: return MAKE<CORE<128, NW>>();          \
+    default: break;                                  \
+  }
+
 #define TS_DECODE_DISPATCH(kvDtype, headDim, MAKE, NW)                   \
   do {                                                                   \
     if (gt == 16 && (kvDtype) == ::ts::KV_F16) {                         \
-      switch (headDim) {                                                 \
-        case 16: return MAKE<TcDecodeCore<16, NW>>();                    \
-        case 32: return MAKE<TcDecodeCore<32, NW>>();                    \
-        case 64: return MAKE<TcDecodeCore<64, NW>>();                    \
-        case 128: return MAKE<TcDecodeCore<128, NW>>();                  \
-        default: break;                                                  \
-      }                                                                  \
+      TS_TC_CASES(TcDecodeCore, headDim, MAKE, NW)                       \
     } else if (gt == 16 && (kvDtype) == ::ts::KV_I8) {                   \
-      switch (headDim) {                                                 \
-        case 16: return MAKE<TcDecodeCoreI8<16, NW>>();                  \
-        case 32: return MAKE<TcDecodeCoreI8<32, NW>>();                  \
-        case 64: return MAKE<TcDecodeCoreI8<64, NW>>();                  \
-        case 128: return MAKE<TcDecodeCoreI8<128, NW>>();                \
-        default: break;                                                  \
-      }                                                                  \
+      TS_TC_CASES(TcDecodeCoreI8, headDim, MAKE, NW)                     \
     } else if ((kvDtype) == ::ts::KV_F16) {                              \
       switch (headDim) {                                                 \
         case 8: TS_GT_CASES(__half, 8, MAKE, NW)                         \
