@@ -76,6 +76,7 @@ export type {
   DecodeLayerArgs,
   SparseLayerArgs,
   AppendKvArgs,
+  AttentionStatsArgs,
   PrefillLayerArgs,
   TimedCall,
   GemmArgs,

@@ -10,7 +10,7 @@
 
 namespace ts {
 
-static constexpr int ABI_VERSION = 2;
+static constexpr int ABI_VERSION = 3;
 static const napi_type_tag BLOCK_TAG = {0x54696e7953727665ULL, 0x44657642756666ULL};
 static const napi_type_tag PLAN_TAG = {0x54696e7953727665ULL, 0x53746570506c616eULL};
 
@@ -585,6 +585,85 @@ static napi_value decodeSelected(napi_env env, napi_callback_info info) {
   return undefinedValue(env);
 }
 
+/**
+ * attentionStats(plan, { q, qStride?, k, kScale? (int8), scale?, indptr, pages, entropy, entropyOffset?, mass, massOffset? }):
+ * for every sequence s of the plan, the attention of its last new token (at position seqLen - 1)
+ * per query head over, per KV head j, the logical pages pages[indptr[s * numKvHeads + j] ..
+ * indptr[s * numKvHeads + j + 1]) (ascending; all its pages for dense attention).
+ * entropy[entropyOffset + s] gets the mean over query heads of the entropy (nats; 0 for a head
+ * that attends nothing), mass[massOffset + (earlier sequences' lengths) + pos] the mean over
+ * query heads of position pos's probability (0 where no head attends it).
+ */
+static napi_value attentionStats(napi_env env, napi_callback_info info) {
+  StepPlan* plan = planOf(env, arg(env, info, 0));
+  napi_value o = arg(env, info, 1);
+  const std::vector<int> indptr = int32Array(env, prop(env, o, "indptr"), "indptr");
+  const std::vector<int> pages = int32Array(env, prop(env, o, "pages"), "pages");
+  const int S = plan->numSeqs, H = plan->numKvHeads;
+  const size_t lists = (size_t)S * H;
+  if (indptr.size() != lists + 1 || indptr[0] != 0 || indptr[lists] != (int)pages.size())
+    throw ArgError("indptr: must be [numSeqs * numKvHeads + 1] = " + std::to_string(lists + 1) + " offsets from 0 to pages.length");
+  for (int s = 0; s < S; s++) {
+    const int np = plan->hostPageCounts[s];
+    for (int j = 0; j < H; j++) {
+      const size_t l = (size_t)s * H + j;
+      const int lo = indptr[l], hi = indptr[l + 1];
+      if (hi < lo) throw ArgError("indptr[" + std::to_string(l + 1) + "]: must be non-decreasing");
+      for (int k = lo; k < hi; k++)
+        if (pages[k] < 0 || pages[k] >= np || (k > lo && pages[k] <= pages[k - 1]))
+          throw ArgError("pages[" + std::to_string(k) + "]: must be ascending logical pages in [0, " + std::to_string(np) + ") of sequence " +
+                         std::to_string(s) + ", got " + std::to_string(pages[k]));
+    }
+  }
+  const long hd = (long)plan->numQHeads * plan->headDim;
+  StatsArgs a{};
+  a.qStride = rowStride(env, o, "qStride", *plan);
+  a.q = reinterpret_cast<const float*>(bufferArg(env, o, "q", plan->numTokens ? (plan->numTokens - 1) * a.qStride + hd : 0, 4));
+  a.kCache = bufferArg(env, o, "k", plan->kvPoolElems, kvBytes(*plan));
+  a.kScale = plan->kvDtype == KV_I8 ? reinterpret_cast<const float*>(bufferArg(env, o, "kScale", plan->kvPoolElems / plan->headDim, 4)) : nullptr;
+  a.scale = (float)num(env, o, "scale", 1.0 / std::sqrt((double)plan->headDim));
+  std::vector<int> rows(S), massOffset(S);
+  long total = 0;
+  int maxLen = 1;
+  for (int s = 0; s < S; s++) {
+    const int c = plan->hostQueryIndptr[s + 1] - plan->hostQueryIndptr[s];
+    rows[s] = c > 0 ? plan->hostQueryIndptr[s + 1] - 1 : -1;
+    massOffset[s] = (int)total;
+    total += plan->hostSeqLens[s];
+    maxLen = std::max(maxLen, plan->hostSeqLens[s]);
+  }
+  if (total > INT32_MAX) throw ArgError("mass: the step's sequences hold more than 2^31 positions");
+  // (bufferArg applies and checks `entropyOffset` / `massOffset`)
+  a.entropy = reinterpret_cast<float*>(bufferArg(env, o, "entropy", S, 4));
+  a.mass = reinterpret_cast<float*>(bufferArg(env, o, "mass", total, 4));
+  if (S == 0) return undefinedValue(env);
+  a.numSeqs = S;
+  a.numQHeads = plan->numQHeads;
+  a.numKvHeads = H;
+  a.headDim = plan->headDim;
+  a.pageSize = plan->pageSize;
+  a.groupSize = plan->groupSize;
+  a.pageIndptr = plan->pageIndptr;
+  a.pageIndices = plan->pageIndices;
+  a.lastPageLen = plan->lastLen;
+  const long heads = (long)S * plan->numQHeads;
+  a.probStride = maxLen;
+  float* scratch = static_cast<float*>(plan->stats.ensure((size_t)heads * (maxLen + 1) * 4, false));
+  a.headEntropy = scratch;
+  a.probs = scratch + heads;
+  std::vector<int> host(rows);
+  host.insert(host.end(), massOffset.begin(), massOffset.end());
+  host.insert(host.end(), indptr.begin(), indptr.end());
+  host.insert(host.end(), pages.begin(), pages.end());
+  const int* d = uploadLists(plan, host);
+  a.rows = d;
+  a.massOffset = d + S;
+  a.listIndptr = d + 2 * S;
+  a.listPages = a.listIndptr + indptr.size();
+  launchAttentionStats(a, plan->kvDtype, maxLen, stream());
+  return undefinedValue(env);
+}
+
 /** appendKv(plan, { qkv, qkvStride, qOut?, qOutStride, k, v, kScale?, vScale? (int8), metaMin?, metaMax?, metaDtype, rope, ropeTheta }) */
 static napi_value appendKv(napi_env env, napi_callback_info info) {
   StepPlan* plan = planOf(env, arg(env, info, 0));
@@ -942,6 +1021,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"copySelection", nullptr, guarded<copySelection>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"pageScore", nullptr, guarded<pageScore>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"decodeSelected", nullptr, guarded<decodeSelected>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"attentionStats", nullptr, guarded<attentionStats>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"appendKv", nullptr, guarded<appendKv>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"prefill", nullptr, guarded<prefill>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"timeCalls", nullptr, guarded<timeCalls>, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

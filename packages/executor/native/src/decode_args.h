@@ -103,6 +103,33 @@ struct SelectedArgs {
 /** Timeline slots per (sequence, KV head) of a traced sparse launch. */
 constexpr int SPARSE_TRACE_SLOTS = 10;
 
+/**
+ * Attention statistics of a step (plugins' `collectAttentionStats`): for each sequence s, the
+ * attention of its row rows[s] (its last new token, at position seqLen - 1) per query head over
+ * the logical pages listPages[listIndptr[s * numKvHeads + j] .. listIndptr[s * numKvHeads + j + 1])
+ * of KV head j (ascending, each over its filled slots).
+ */
+struct StatsArgs {
+  int numSeqs, numQHeads, numKvHeads, headDim, pageSize, groupSize;
+  const int* pageIndptr;
+  const int* pageIndices;
+  const int* lastPageLen;
+  const int* rows;        // per sequence: the recorded row, or -1 (nothing recorded)
+  const int* listIndptr;  // [numSeqs * numKvHeads + 1]
+  const int* listPages;
+  const int* massOffset;  // per sequence: where its positions start in `mass`
+  const float* q;         // query head h of row r at q + r * qStride + h * headDim
+  long qStride;
+  const void* kCache;
+  const float* kScale;    // int8 KV only, as in DecodeArgs
+  float scale;            // logit scale (natural units)
+  float* probs;           // scratch: [numSeqs * numQHeads, probStride] logits, then probabilities
+  long probStride;        // at least the longest sequence
+  float* headEntropy;     // scratch: [numSeqs * numQHeads]
+  float* entropy;         // [numSeqs]: mean over query heads of the entropy (nats)
+  float* mass;            // [sum of seqLens]: mean over query heads of each position's probability
+};
+
 /** Causal attention of new tokens (prefill chunks, or any mix) over their sequences' pages. */
 struct PrefillArgs {
   int numQHeads, numKvHeads, headDim, pageSize;

@@ -53,6 +53,8 @@ void launchPrefill(const PrefillArgs& a, int kvDtype, cudaStream_t stream);
 int prefillBlockTokens(int headsPerChunk);
 
 void launchAppendKv(const AppendArgs& a, cudaStream_t stream);
+/** Attention statistics of each sequence's last new token (attention_stats.cu); `maxLen`: the longest sequence. */
+void launchAttentionStats(const StatsArgs& a, int kvDtype, int maxLen, cudaStream_t stream);
 /** Fills `count` floats (halves, dtype 1; int8, dtype 2) with `value`: empty metadata boxes are +inf / -inf. */
 void launchFill(void* dst, int dtype, long count, float value, cudaStream_t stream);
 /** Pseudo-random values with mean 0 and standard deviation `scale` (benchmarks, large tests). */

@@ -46,10 +46,12 @@ struct StepPlan {
   long kvPoolElems = 0;
 
   Scratch ints, partial, counters, scores, selected, selectedPhys, selectedCount;
-  /** Item and page lists of the page-score and selected-decode calls (uploaded per call). */
+  /** Item and page lists of the page-score, selected-decode and statistics calls (uploaded per call). */
   Scratch lists;
-  /** Host copies for those calls' argument checks: pages per sequence, new-token rows per sequence. */
-  std::vector<int> hostPageCounts, hostQueryIndptr;
+  /** The statistics call's per-head logits and probabilities (allocated on first use). */
+  Scratch stats;
+  /** Host copies for those calls' argument checks: pages, new-token rows and tokens per sequence. */
+  std::vector<int> hostPageCounts, hostQueryIndptr, hostSeqLens;
   int *pageIndptr = nullptr, *pageIndices = nullptr, *lastLen = nullptr, *topK = nullptr;
   int *tokenPage = nullptr, *tokenSlot = nullptr, *tokenPos = nullptr, *runStart = nullptr;
   int *blockSeq = nullptr, *blockRow = nullptr, *blockPos = nullptr, *blockCount = nullptr;

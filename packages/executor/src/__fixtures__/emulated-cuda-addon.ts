@@ -10,7 +10,7 @@ import { float32ToFloat16Bits } from '@tinyserve/core';
 import type { KvLayout } from '@tinyserve/core';
 import { CHOSEN, EXCLUDED, chooseTopK, decodeFp16, rebuildPageMetadata, scorePages, selectionFromMask } from '@tinyserve/kv-retriever';
 import { geluNew, layerNormRows, rmsNormRows, swiGluRows } from '../kernels/elementwise-cpu.js';
-import { appendKvToPages, attendOverPages, rotateQueries } from '../kernels/paged-attention-cpu.js';
+import { appendKvToPages, attendOverPages, attentionStatsOverPages, rotateQueries } from '../kernels/paged-attention-cpu.js';
 import type { KvBuffer, PageSelection, PagedAttentionParams } from '../kernels/paged-attention-cpu.js';
 import { computeRopeTables } from '../kernels/rope.js';
 import { CUDA_ADDON_ABI_VERSION } from '../cuda/addon-types.js';
@@ -276,6 +276,26 @@ export function emulatedCudaAddon(): CudaAddon {
       for (const s of a.seqs) {
         const t = singleRow(pl, s);
         out.set(scratch.subarray(t * qRow, (t + 1) * qRow), t * qRow);
+      }
+    },
+
+    attentionStats: (h, a) => {
+      const pl = plan(h);
+      const { p } = pl;
+      defaultStride(p, a.qStride, 'qStride');
+      const S = pl.info.numSeqs;
+      const params = layerParams(pl, a.k, a.k, false, 0);
+      params.scale = a.scale ?? params.scale;
+      const tokens = Int32Array.from({ length: S }, (_, s) => (pl.queryIndptr[s + 1] > pl.queryIndptr[s] ? pl.queryIndptr[s + 1] - 1 : -1));
+      const entropy = new Float64Array(S);
+      const positionMass = Array.from(p.seqLens, (len) => new Float32Array(len));
+      const q = f32(a.q, 0, pl.info.numTokens * p.numQHeads * p.headDim);
+      attentionStatsOverPages(params, q, { indptr: a.indptr, pages: a.pages }, { tokens, entropy, positionMass });
+      f32(a.entropy, a.entropyOffset ?? 0, S).set(entropy);
+      let at = a.massOffset ?? 0;
+      for (const m of positionMass) {
+        f32(a.mass, at, m.length).set(m);
+        at += m.length;
       }
     },
 

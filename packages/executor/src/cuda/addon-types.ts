@@ -20,7 +20,7 @@ export interface StepPlanHandle {
 }
 
 /** Bumped whenever the addon's calls change incompatibly; the loader refuses a mismatch. */
-export const CUDA_ADDON_ABI_VERSION = 2;
+export const CUDA_ADDON_ABI_VERSION = 3;
 
 /**
  * KV element formats of the kernels. int8 is the kv-retriever's `KvCacheStorage` format with
@@ -187,6 +187,35 @@ export interface SelectedDecodeArgs {
   pages: Int32Array;
   /** Splits per (sequence, KV head, head chunk); 0 or omitted: chosen from the GPU's size. */
   splits?: number;
+}
+
+/**
+ * Attention statistics (`collectAttentionStats`): for every sequence s of the plan, the
+ * attention of its last new token (at position seqLen - 1) per query head over, per KV head j,
+ * the logical pages `pages[indptr[s * numKvHeads + j] .. indptr[s * numKvHeads + j + 1])`
+ * (ascending; all of its pages where it attends densely), as the TypeScript reference
+ * `attentionStatsOverPages` computes them.
+ */
+export interface AttentionStatsArgs {
+  /** The layer's (rotated) queries, fp32, one row per new token. */
+  q: DeviceBuffer;
+  qStride?: number;
+  /** This layer's K pool, and for int8 KV its scales. */
+  k: DeviceBuffer;
+  kScale?: DeviceBuffer;
+  /** Logit scale; default `1 / sqrt(headDim)`. */
+  scale?: number;
+  indptr: Int32Array;
+  pages: Int32Array;
+  /** fp32: at `entropyOffset + s`, the mean over query heads of the entropy (nats; 0 for a head attending nothing). */
+  entropy: DeviceBuffer;
+  entropyOffset?: number;
+  /**
+   * fp32: sequence s's positions from `massOffset` plus the earlier sequences' lengths, each the
+   * mean over query heads of its probability (0 where no head attends it).
+   */
+  mass: DeviceBuffer;
+  massOffset?: number;
 }
 
 export interface AppendKvArgs {
@@ -369,6 +398,8 @@ export interface CudaAddon {
   pageScore(plan: StepPlanHandle, args: PageScoreArgs): void;
   /** Decode attention over given page lists (see {@link SelectedDecodeArgs}). */
   decodeSelected(plan: StepPlanHandle, args: SelectedDecodeArgs): void;
+  /** Attention statistics of each sequence's last new token (see {@link AttentionStatsArgs}). */
+  attentionStats(plan: StepPlanHandle, args: AttentionStatsArgs): void;
   /** RoPE, K/V append into pages and page metadata update, fused. */
   appendKv(plan: StepPlanHandle, args: AppendKvArgs): void;
   /** Causal paged attention of every new token of the step. */

@@ -124,6 +124,7 @@ export async function checkExecutors(): Promise<GpuCheckResult[]> {
       const pagerB = new TestPager(options.numKvPages, c.pageSize, 3);
       const prompts = c.prompts.map((n, i) => ({ seqId: i + 1, tokens: randomTokens(n, c.config.vocabSize, 40 + i), logitsMode: 1 as const }));
       let worst = 0;
+      let statsWorst = 0;
       let agree = 0;
       let steps = 0;
       let sparsePages = 0;
@@ -131,9 +132,10 @@ export async function checkExecutors(): Promise<GpuCheckResult[]> {
       let next = prompts.map(() => 0);
       for (let step = 0; step <= c.decodeSteps; step++) {
         const entries = step === 0 ? prompts : prompts.map((p, i) => ({ seqId: p.seqId, tokens: [next[i]], logitsMode: 1 as const }));
-        const a = await cpu.forward(pagerA.step(entries));
-        const b = await gpu.forward(pagerB.step(entries));
+        const a = await cpu.forward(pagerA.step(entries, true));
+        const b = await gpu.forward(pagerB.step(entries, true));
         worst = Math.max(worst, relativeError(b.logits, a.logits));
+        statsWorst = Math.max(statsWorst, statsDifference(a.attention, b.attention));
         const V = c.config.vocabSize;
         next = prompts.map((_, i) => argmax(a.logits, i * V, V));
         const mine = prompts.map((_, i) => argmax(b.logits, i * V, V));
@@ -149,9 +151,9 @@ export async function checkExecutors(): Promise<GpuCheckResult[]> {
       const tol = c.kvCacheDtype === 'int8' ? 5e-3 : c.kvCacheDtype === 'fp16' ? 2e-3 : 2e-4;
       results.push({
         name: `cuda executor vs cpu: ${c.name}`,
-        ok: worst < tol && agree === steps,
+        ok: worst < tol && agree === steps && statsWorst < tol,
         relErr: worst,
-        detail: `${agree}/${steps} greedy tokens agree; decode pages attended ${sparsePages}/${densePages}`,
+        detail: `${agree}/${steps} greedy tokens agree; decode pages attended ${sparsePages}/${densePages}; attention statistics within ${statsWorst.toExponential(1)}`,
       });
     } catch (e) {
       results.push({ name: `cuda executor vs cpu: ${c.name}`, ok: false, detail: e instanceof Error ? (e.stack ?? e.message) : String(e) });
@@ -288,6 +290,26 @@ function recallDifference(a: readonly LayerSelectionRecord[], b: readonly LayerS
   return worst;
 }
 
+/**
+ * Largest difference between two steps' attention statistics: entropies relative to
+ * max(1, |entropy|), position masses absolute; Infinity when either is missing or their
+ * records (sequence, layer, length) do not match.
+ */
+export function statsDifference(a: ForwardResult['attention'], b: ForwardResult['attention']): number {
+  if (a === undefined || b === undefined || a.length !== b.length) return Infinity;
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i];
+    const y = b[i];
+    const mx = x.positionMass;
+    const my = y.positionMass;
+    if (x.seqId !== y.seqId || x.layer !== y.layer || mx === undefined || my === undefined || mx.length !== my.length) return Infinity;
+    worst = Math.max(worst, Math.abs(x.entropy - y.entropy) / Math.max(1, Math.abs(x.entropy)));
+    for (let j = 0; j < mx.length; j++) worst = Math.max(worst, Math.abs(mx[j] - my[j]));
+  }
+  return Number.isNaN(worst) ? Infinity : worst;
+}
+
 function sameStepStats(a: ForwardResult['selection'], b: ForwardResult['selection']): boolean {
   return a.pagesScanned === b.pagesScanned && a.pagesSelected === b.pagesSelected && a.kvBytesRead === b.kvBytesRead && a.kvBytesDense === b.kvBytesDense;
 }
@@ -332,8 +354,10 @@ export async function checkPolicies(addon: CudaAddon): Promise<GpuCheckResult[]>
       const selDiff = gpus.map(() => 0);
       const recallDiff = gpus.map(() => 0);
       const statsDiff = gpus.map(() => 0);
+      const attnDiff = gpus.map(() => 0);
       let pairDiff = 0;
       let pairWorst = 0;
+      let pairAttn = 0;
       let pairAgree = 0;
       let steps = 0;
       let decodeRecords = 0;
@@ -354,7 +378,7 @@ export async function checkPolicies(addon: CudaAddon): Promise<GpuCheckResult[]>
                   { seqId: 1, tokens: [nextA], logitsMode: 1 },
                 ];
         const outs: ForwardResult[] = [];
-        for (let i = 0; i < all.length; i++) outs.push(await all[i].forward(pagers[i].step(entries)));
+        for (let i = 0; i < all.length; i++) outs.push(await all[i].forward(pagers[i].step(entries, true)));
         const ref = outs[0];
         const refTokens = entries.map((_, i) => argmax(ref.logits, i * V, V));
         const refSel = cpu.getLastSelections();
@@ -366,10 +390,12 @@ export async function checkPolicies(addon: CudaAddon): Promise<GpuCheckResult[]>
           selDiff[g] += selectionDifferences(refSel, gpus[g].getLastSelections());
           recallDiff[g] = Math.max(recallDiff[g], recallDifference(refSel, gpus[g].getLastSelections()));
           if (!sameStepStats(ref.selection, got.selection)) statsDiff[g]++;
+          attnDiff[g] = Math.max(attnDiff[g], statsDifference(ref.attention, got.attention));
         }
         if (gpus.length > 1) {
           pairDiff += selectionDifferences(gpus[0].getLastSelections(), gpus[1].getLastSelections());
           pairWorst = Math.max(pairWorst, relativeError(outs[2].logits, outs[1].logits));
+          pairAttn = Math.max(pairAttn, statsDifference(outs[1].attention, outs[2].attention));
           pairAgree += entries.filter((_, i) => argmax(outs[2].logits, i * V, V) === argmax(outs[1].logits, i * V, V)).length;
         }
         steps += entries.length;
@@ -390,12 +416,12 @@ export async function checkPolicies(addon: CudaAddon): Promise<GpuCheckResult[]>
           (refStats.recallMean === null ? st.recallMean === null : st.recallMean !== null && Math.abs(st.recallMean - refStats.recallMean) < 1e-4);
         results.push({
           name: `cuda ${c.cuda[g].label} vs cpu: ${c.name}`,
-          ok: worst[g] < tol && agree[g] === steps && selDiff[g] === 0 && recallDiff[g] < 1e-4 && statsDiff[g] === 0 && cumulativeOk,
+          ok: worst[g] < tol && agree[g] === steps && selDiff[g] === 0 && recallDiff[g] < 1e-4 && statsDiff[g] === 0 && cumulativeOk && attnDiff[g] < tol,
           relErr: worst[g],
           detail:
             `${agree[g]}/${steps} greedy tokens agree; ${selDiff[g]} (record, KV head) selections differ of ${decodeRecords} records; ` +
             `recall within ${recallDiff[g].toExponential(1)}; ${statsDiff[g]} steps' counters differ; cumulative ${cumulativeOk ? 'equal' : 'DIFFER'} ` +
-            `(kv hit rate ${st.kvHitRate?.toFixed(3) ?? '-'}, recall ${st.recallMean?.toFixed(4) ?? '-'})`,
+            `(kv hit rate ${st.kvHitRate?.toFixed(3) ?? '-'}, recall ${st.recallMean?.toFixed(4) ?? '-'}); attention statistics within ${attnDiff[g].toExponential(1)}`,
         });
       }
       if (gpus.length > 1) {
@@ -404,9 +430,9 @@ export async function checkPolicies(addon: CudaAddon): Promise<GpuCheckResult[]>
         const sameTotals = a.pagesSelected === b.pagesSelected && a.pagesScanned === b.pagesScanned && a.metadataBytesRead === b.metadataBytesRead;
         results.push({
           name: `cuda ${c.cuda[0].label} vs ${c.cuda[1].label}: ${c.name}, same pages`,
-          ok: pairDiff === 0 && pairWorst < tol && pairAgree === steps && sameTotals,
+          ok: pairDiff === 0 && pairWorst < tol && pairAgree === steps && sameTotals && pairAttn < tol,
           relErr: pairWorst,
-          detail: `${pairDiff} (record, KV head) selections differ; ${pairAgree}/${steps} greedy tokens agree; cumulative counters ${sameTotals ? 'equal' : 'DIFFER'}`,
+          detail: `${pairDiff} (record, KV head) selections differ; ${pairAgree}/${steps} greedy tokens agree; cumulative counters ${sameTotals ? 'equal' : 'DIFFER'}; attention statistics within ${pairAttn.toExponential(1)}`,
         });
       }
     } catch (e) {

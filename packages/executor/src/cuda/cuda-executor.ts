@@ -1,6 +1,6 @@
 import { getBackend, registerBackend, setBackend } from '@tensorflow/tfjs-core';
 import { BackendUnavailableError, ConfigError } from '@tinyserve/core';
-import type { CopyTokensParams, Executor, ExecutorOptions, ForwardParams, ForwardResult, ModelConfig } from '@tinyserve/core';
+import type { AttentionStats, CopyTokensParams, Executor, ExecutorOptions, ForwardParams, ForwardResult, ModelConfig } from '@tinyserve/core';
 import { ExecutorSelection } from '../decode-selection.js';
 import { SelectingExecutor } from '../selecting-executor.js';
 import type { DecodeSelector, SelectionOptions } from '../decode-selection.js';
@@ -16,6 +16,7 @@ import { loadCudaAddon } from './addon-loader.js';
 import type { CudaAddon, CudaDeviceInfo, DeviceBuffer } from './addon-types.js';
 import { CudaBackend } from './cuda-backend.js';
 import { CUDA_BACKEND_NAME, cudaAttentionStates, registerCudaKernels } from './cuda-kernels.js';
+import type { CudaStatsTarget } from './cuda-kernels.js';
 import { CudaKvCache } from './cuda-kv-cache.js';
 import type { CudaKvDtype } from './cuda-kv-cache.js';
 import { FusedSelectionLog } from './fused-selection-log.js';
@@ -220,7 +221,9 @@ export class CudaExecutor extends SelectingExecutor implements Executor {
       stats: null,
       selector: selection,
     };
+    const stats = params.collectAttentionStats === true ? this.statsTarget(plan.numSeqs, seqLens) : null;
     cudaAttentionStates.set(step, {
+      stats,
       cache: this.kvCache,
       plan: this.plan,
       qRot: this.queryScratch(queryFloats),
@@ -231,10 +234,39 @@ export class CudaExecutor extends SelectingExecutor implements Executor {
       aggregateSum: selector.options.gqaAggregation === 'sum',
     });
 
-    const logits = stepLogits(graph, this.embed, this.positions, params.tokenIds, plan, step, selection);
-    if (plan.logitRows.length === 0) this.addon.synchronize();
-    if (fused) this.fusedLog.flush(selection);
-    return { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionState.endStep(selection) };
+    try {
+      const logits = stepLogits(graph, this.embed, this.positions, params.tokenIds, plan, step, selection);
+      if (plan.logitRows.length === 0) this.addon.synchronize();
+      if (fused) this.fusedLog.flush(selection);
+      const result: ForwardResult = { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionState.endStep(selection) };
+      if (stats !== null) result.attention = this.readStats(stats, params.seqIds, seqLens);
+      return result;
+    } finally {
+      if (stats !== null) this.addon.free(stats.buffer);
+    }
+  }
+
+  /** Device room for a step's attention statistics: per layer, the entropies then the position masses. */
+  private statsTarget(numSeqs: number, seqLens: Int32Array): CudaStatsTarget {
+    let positions = 0;
+    for (let s = 0; s < numSeqs; s++) positions += seqLens[s];
+    const layerFloats = numSeqs + positions;
+    return { buffer: this.addon.alloc(Math.max(1, this.model.numLayers * layerFloats) * 4), numSeqs, layerFloats };
+  }
+
+  /** The step's statistics in the cpu executor's order: per sequence, per layer. */
+  private readStats(target: CudaStatsTarget, seqIds: Int32Array, seqLens: Int32Array): AttentionStats[] {
+    const L = this.model.numLayers;
+    const all = new Float32Array(L * target.layerFloats);
+    this.addon.download(target.buffer, 0, all);
+    const out: AttentionStats[] = [];
+    for (let s = 0, at = target.numSeqs; s < target.numSeqs; at += seqLens[s], s++) {
+      for (let layer = 0; layer < L; layer++) {
+        const base = layer * target.layerFloats;
+        out.push({ seqId: seqIds[s], layer, entropy: all[base + s], positionMass: all.slice(base + at, base + at + seqLens[s]) });
+      }
+    }
+    return out;
   }
 
   private queryScratch(floats: number): DeviceBuffer {

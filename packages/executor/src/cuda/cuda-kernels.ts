@@ -48,6 +48,19 @@ export interface CudaAttentionState {
   fused: FusedSelectionLog | null;
   /** Quest aggregates a GQA group's bounds by sum (`gqaAggregation: 'sum'`) rather than max. */
   aggregateSum: boolean;
+  /** Set in steps that collect attention statistics: where each layer writes them. */
+  stats: CudaStatsTarget | null;
+}
+
+/**
+ * A step's attention statistics on the device, one block per layer at `layer * layerFloats`:
+ * the sequences' entropies `[numSeqs]`, then their position masses (each sequence's length,
+ * concatenated), as the addon's `attentionStats` writes them.
+ */
+export interface CudaStatsTarget {
+  buffer: DeviceBuffer;
+  numSeqs: number;
+  layerFloats: number;
 }
 
 export const cudaAttentionStates = new WeakMap<AttentionStep, CudaAttentionState>();
@@ -172,6 +185,31 @@ function selectionOf(state: CudaAttentionState, kernel: string): StepSelection {
   return state.selection;
 }
 
+/**
+ * The layer's attention statistics, when the step collects them: each sequence's last query
+ * over the pages it attended (`lists`, every sequence; null: all pages, dense attention).
+ */
+function recordStats(be: CudaBackend, state: CudaAttentionState, step: AttentionStep, layer: number, queries: DeviceBuffer, lists: { indptr: Int32Array; pages: Int32Array } | null): void {
+  const target = state.stats;
+  if (target === null) return;
+  const S = target.numSeqs;
+  const all = lists ?? selectedLists({ sparse: new Uint8Array(S), indptr: new Int32Array(S * step.numKvHeads + 1), pages: new Int32Array(0) }, step.numKvHeads, pageCounts(step.pageIndptr));
+  const { k, kScale } = state.cache.layerBuffers(layer);
+  const base = layer * target.layerFloats;
+  be.addon.attentionStats(state.plan.handle, {
+    q: queries,
+    k,
+    kScale,
+    scale: step.scale,
+    indptr: all.indptr,
+    pages: all.pages,
+    entropy: target.buffer,
+    entropyOffset: base,
+    mass: target.buffer,
+    massOffset: base + S,
+  });
+}
+
 /** RoPE, K/V append and the metadata update of one layer; the rotated queries go to `qOut`. */
 function appendLayer(be: CudaBackend, state: CudaAttentionState, layer: number, qkv: DeviceBuffer, qOut: DeviceBuffer): void {
   const { cache, plan } = state;
@@ -235,6 +273,7 @@ function attendSelected(
   if (!info.decodeOnly) be.addon.prefill(plan.handle, args);
   const lists = selectedLists(selection, step.numKvHeads, info.decodeOnly ? pageCounts(step.pageIndptr) : null);
   be.addon.decodeSelected(plan.handle, { ...args, ...lists });
+  if (state.stats !== null) recordStats(be, state, step, layer, queries, selectedLists(selection, step.numKvHeads, pageCounts(step.pageIndptr)));
 }
 
 /** The policy route from the rotated queries on the device: scores when needed, the policy's choice in JavaScript, attention. */
@@ -278,9 +317,12 @@ function attention({ inputs, backend, attrs }: KernelArgs, kernel: string, mode:
   if (mode === 'dense') {
     if (plan.info!.decodeOnly) be.addon.decodeDense(plan.handle, args);
     else be.addon.prefill(plan.handle, args);
+    recordStats(be, state, step, layer, state.qRot, null);
   } else if (state.fused !== null) {
     be.addon.decodeSparse(plan.handle, { ...args, metaMin: cache.metaMin[layer], metaMax: cache.metaMax[layer], metaDtype: cache.metaCode, aggregateSum: state.aggregateSum });
     state.fused.save(layer, state.qRot);
+    // The launch's choice stays on the device; a step that collects statistics reads it back here.
+    if (state.stats !== null) recordStats(be, state, step, layer, state.qRot, be.addon.readSelection(plan.handle));
   } else {
     selectAndAttend(be, state, step, layer, state.qRot, outBuf);
   }

@@ -5,8 +5,9 @@ import type { ExecutorOptions, SelectionConfig } from '@tinyserve/core';
 import { TestPager, randomTokens } from '../__fixtures__/paging.js';
 import { emulatedCudaAddon } from '../__fixtures__/emulated-cuda-addon.js';
 import { createRandomModel, llamaConfig } from '../__fixtures__/random-model.js';
-import { checkPolicies } from './backend-checks.js';
+import { checkPolicies, statsDifference } from './backend-checks.js';
 import { CudaExecutor } from './cuda-executor.js';
+import { TfjsExecutor } from '../tfjs-executor.js';
 
 /**
  * The cuda backend, its kernels and the cuda executor over an emulated addon (each call done by
@@ -61,6 +62,33 @@ describe('the cuda executor over an emulated addon', () => {
       await expect(ex.forward(pager.step([{ seqId: 1, tokens: [5], logitsMode: 1, startPos: 30 }]))).rejects.toThrow(/ascending logical pages in \[0, 8\) of sequence 0, got 8/);
     } finally {
       ex.dispose();
+    }
+  });
+
+  it('collects attention statistics in the steps that ask, as the cpu executor does', async () => {
+    const fused = { ...quest, useFusedKernel: true };
+    const cpu = await TfjsExecutor.create('cpu', options(fused));
+    const gpu = await CudaExecutor.withAddon(addon, options(fused));
+    try {
+      const pagers = [new TestPager(32, 4, 1), new TestPager(32, 4, 1)];
+      const run = (entries: Parameters<TestPager['step']>[0], stats: boolean) => Promise.all([cpu.forward(pagers[0].step(entries, stats)), gpu.forward(pagers[1].step(entries, stats))]);
+      const [a0, b0] = await run([{ seqId: 1, tokens: randomTokens(37, 97, 2), logitsMode: 1 }], true);
+      expect(b0.attention).toHaveLength(2);
+      expect(statsDifference(a0.attention, b0.attention)).toBeLessThan(1e-5);
+      const [a1, b1] = await run([{ seqId: 1, tokens: [3], logitsMode: 1 }], false);
+      expect(a1.attention).toBeUndefined();
+      expect(b1.attention).toBeUndefined();
+      // A decode step of the fused launch: layer 1 attends quest's pages, layer 0 (dense) all.
+      const [a2, b2] = await run([{ seqId: 1, tokens: [4], logitsMode: 1 }], true);
+      expect(b2.attention!.map((r) => [r.seqId, r.layer, r.positionMass!.length])).toEqual([
+        [1, 0, 39],
+        [1, 1, 39],
+      ]);
+      expect(b2.attention![1].positionMass!.filter((m) => m === 0).length).toBeGreaterThan(0);
+      expect(statsDifference(a2.attention, b2.attention)).toBeLessThan(1e-5);
+    } finally {
+      cpu.dispose();
+      gpu.dispose();
     }
   });
 });

@@ -12,7 +12,7 @@ import {
 } from '@tinyserve/kv-retriever';
 import type { HeadSelection } from '@tinyserve/kv-retriever';
 import { makeNormal, makeRng } from '../__fixtures__/random-model.js';
-import { appendKvToPages, attendOverPages, pagedAttention, rotateQueries } from './paged-attention-cpu.js';
+import { appendKvToPages, attendOverPages, attentionStatsOverPages, pagedAttention, rotateQueries } from './paged-attention-cpu.js';
 import type { PageSelection, PagedAttentionParams } from './paged-attention-cpu.js';
 import { computeRopeTables } from './rope.js';
 
@@ -323,6 +323,54 @@ describe.each(CASES)('sparse page lists: %s', (_name, c) => {
       if (page !== 0 && page !== lastPage) expect(m).toBe(0);
     });
     expect(mass.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 5);
+  });
+});
+
+describe.each(CASES)('attention statistics over page lists (the cuda addon\'s reference): %s', (_name, c) => {
+  /** Every sequence's lists: the selection's where it is sparse, all its pages elsewhere. */
+  function listsOf(p: PagedAttentionParams, sel: PageSelection | null) {
+    const H = p.numKvHeads;
+    const numSeqs = p.pageIndptr.length - 1;
+    const indptr = new Int32Array(numSeqs * H + 1);
+    const pages: number[] = [];
+    for (let s = 0; s < numSeqs; s++) {
+      const last = p.tokenSeq.lastIndexOf(s);
+      const np = Math.floor(p.tokenPos[last] / p.pageSize) + 1;
+      for (let j = 0; j < H; j++) {
+        if (sel !== null && sel.sparse[s] === 1) pages.push(...sel.pages.subarray(sel.indptr[s * H + j], sel.indptr[s * H + j + 1]));
+        else pages.push(...range(np));
+        indptr[s * H + j + 1] = pages.length;
+      }
+    }
+    return { indptr, pages: Int32Array.from(pages) };
+  }
+
+  for (const sparse of [false, true]) {
+    it(`equal what the attention pass records (${sparse ? 'partial selections' : 'dense'})`, () => {
+      const { params } = setup(c, 5, 8);
+      appendKvToPages(params);
+      const queries = rotateQueries(params);
+      const rng = makeRng(9);
+      const selection = sparse ? selectionOf(params, (_s, _j, n) => range(n).filter((p) => p === n - 1 || rng() < 0.5)) : null;
+      const last = Int32Array.from(c.seqs.map((_, s) => params.tokenSeq.lastIndexOf(s)));
+      const sink = () => ({ tokens: last, entropy: new Float64Array(c.seqs.length), positionMass: c.seqs.map(([cached, n]) => new Float32Array(cached + n)) });
+      const fromPass = sink();
+      attendOverPages({ ...params, stats: fromPass, ...(selection ? { selection } : {}) }, queries);
+      const fromLists = sink();
+      attentionStatsOverPages(params, queries, listsOf(params, selection), fromLists);
+      c.seqs.forEach((_, s) => {
+        expect(fromLists.entropy[s]).toBeGreaterThan(0);
+        expect(Math.abs(fromLists.entropy[s] - fromPass.entropy[s])).toBeLessThan(1e-9);
+        fromLists.positionMass[s].forEach((m, j) => expect(Math.abs(m - fromPass.positionMass[s][j])).toBeLessThan(1e-7));
+      });
+    });
+  }
+
+  it('rejects lists that do not cover every sequence and KV head', () => {
+    const { params } = setup(c, 5);
+    const queries = rotateQueries(params);
+    const sink = { tokens: new Int32Array(c.seqs.length), entropy: new Float64Array(c.seqs.length), positionMass: [] };
+    expect(() => attentionStatsOverPages(params, queries, { indptr: new Int32Array(1), pages: new Int32Array(0) }, sink)).toThrow(RequestValidationError);
   });
 });
 

@@ -429,6 +429,67 @@ export function attendOverPages(p: PagedAttentionParams, queries: Float32Array =
   }
 }
 
+/**
+ * Attention statistics over given page lists, the reference of the cuda addon's
+ * `attentionStats`: for each sequence s whose `tokens[s]` is a row (not -1), that row's query
+ * per head over, for KV head j, the logical pages `pages[indptr[s * numKvHeads + j] ..
+ * indptr[s * numKvHeads + j + 1])` (each over its filled slots up to the row's position, as
+ * {@link attendOverPages} attends them). Writes `entropy[s]` (mean over query heads, nats) and
+ * adds each head's probabilities / numHeads to `positionMass[s]`; sequences with no row get 0.
+ */
+export function attentionStatsOverPages(
+  p: PagedAttentionParams,
+  queries: Float32Array,
+  lists: { indptr: Int32Array; pages: Int32Array },
+  sink: AttentionStatsSink,
+): void {
+  const { numHeads, numKvHeads, headDim: D, pageSize, scale } = p;
+  const dtype = checkDtype(p);
+  const group = numHeads / numKvHeads;
+  const numSeqs = p.pageIndptr.length - 1;
+  if (lists.indptr.length !== numSeqs * numKvHeads + 1) {
+    throw new RequestValidationError('indptr', `must have numSeqs * numKvHeads + 1 = ${numSeqs * numKvHeads + 1} entries, got ${lists.indptr.length}`);
+  }
+  const keys = new PageRows(p.keyCache, dtype, p.keyScales, pageSize, numKvHeads, D);
+  const q = new Float64Array(D);
+  for (let s = 0; s < numSeqs; s++) {
+    const t = sink.tokens[s];
+    sink.entropy[s] = 0;
+    if (t < 0) continue;
+    const pageBase = p.pageIndptr[s];
+    const pos = p.tokenPos[t];
+    const numCtxPages = Math.floor(pos / pageSize) + 1;
+    const lastPageSlots = pos - (numCtxPages - 1) * pageSize + 1;
+    let entropySum = 0;
+    for (let g = 0; g < numKvHeads; g++) {
+      const l0 = lists.indptr[s * numKvHeads + g];
+      const l1 = lists.indptr[s * numKvHeads + g + 1];
+      if (l1 <= l0) continue;
+      for (let gi = 0; gi < group; gi++) {
+        const src = t * numHeads * D + (g * group + gi) * D;
+        for (let d = 0; d < D; d++) q[d] = queries[src + d] * scale;
+        // The max and normaliser over the attended keys, then the distribution itself.
+        let m = -Infinity;
+        const logits: number[] = [];
+        for (let i = l0; i < l1; i++) {
+          const pi = lists.pages[i];
+          const slots = pi === numCtxPages - 1 ? lastPageSlots : pageSize;
+          keys.load(p.pageIndices[pageBase + pi], g, slots);
+          for (let k = 0, off = keys.off; k < slots; k++, off += keys.stride) {
+            const x = dot4(q, 0, keys.buf, off, D);
+            logits.push(x);
+            if (x > m) m = x;
+          }
+        }
+        let l = 0;
+        for (const x of logits) l += Math.exp(x - m);
+        entropySum += recordDistribution(p, keys, q, 0, g, pageBase, lists.pages, l0, l1, numCtxPages, lastPageSlots, m, 1 / l, sink.positionMass[s]);
+      }
+    }
+    sink.entropy[s] = entropySum / numHeads;
+  }
+}
+
 /** `a[ao .. ao+n) · b[bo .. bo+n)` with four independent accumulators. */
 function dot4(a: Float64Array, ao: number, b: Float32Array, bo: number, n: number): number {
   let s0 = 0;
