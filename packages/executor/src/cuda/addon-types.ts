@@ -194,7 +194,8 @@ export interface SelectedDecodeArgs {
  * attention of its last new token (at position seqLen - 1) per query head over, per KV head j,
  * the logical pages `pages[indptr[s * numKvHeads + j] .. indptr[s * numKvHeads + j + 1])`
  * (ascending; all of its pages where it attends densely), as the TypeScript reference
- * `attentionStatsOverPages` computes them.
+ * `attentionStatsOverPages` computes them. The plan keeps a scratch of numSeqs x numQHeads x
+ * (longest sequence + 1) floats for it, allocated on the first such call.
  */
 export interface AttentionStatsArgs {
   /** The layer's (rotated) queries, fp32, one row per new token. */

@@ -79,6 +79,9 @@ export class CudaExecutor extends SelectingExecutor implements Executor {
   private readonly fusedLog: FusedSelectionLog;
   private qRot: DeviceBuffer | null = null;
   private qRotFloats = 0;
+  /** Where steps that collect attention statistics write them (grown on demand, kept). */
+  private statsBuf: DeviceBuffer | null = null;
+  private statsFloats = 0;
   private graph: GraphWeights | null;
 
   private constructor(
@@ -234,16 +237,12 @@ export class CudaExecutor extends SelectingExecutor implements Executor {
       aggregateSum: selector.options.gqaAggregation === 'sum',
     });
 
-    try {
-      const logits = stepLogits(graph, this.embed, this.positions, params.tokenIds, plan, step, selection);
-      if (plan.logitRows.length === 0) this.addon.synchronize();
-      if (fused) this.fusedLog.flush(selection);
-      const result: ForwardResult = { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionState.endStep(selection) };
-      if (stats !== null) result.attention = this.readStats(stats, params.seqIds, seqLens);
-      return result;
-    } finally {
-      if (stats !== null) this.addon.free(stats.buffer);
-    }
+    const logits = stepLogits(graph, this.embed, this.positions, params.tokenIds, plan, step, selection);
+    if (plan.logitRows.length === 0) this.addon.synchronize();
+    if (fused) this.fusedLog.flush(selection);
+    const result: ForwardResult = { logits, logitsIndptr: plan.logitsIndptr, selection: this.selectionState.endStep(selection) };
+    if (stats !== null) result.attention = this.readStats(stats, params.seqIds, seqLens);
+    return result;
   }
 
   /** Device room for a step's attention statistics: per layer, the entropies then the position masses. */
@@ -251,7 +250,14 @@ export class CudaExecutor extends SelectingExecutor implements Executor {
     let positions = 0;
     for (let s = 0; s < numSeqs; s++) positions += seqLens[s];
     const layerFloats = numSeqs + positions;
-    return { buffer: this.addon.alloc(Math.max(1, this.model.numLayers * layerFloats) * 4), numSeqs, layerFloats };
+    const floats = Math.max(1, this.model.numLayers * layerFloats);
+    if (this.statsBuf === null || this.statsFloats < floats) {
+      if (this.statsBuf !== null) this.addon.free(this.statsBuf);
+      this.statsBuf = null;
+      this.statsFloats = Math.max(floats, 2 * this.statsFloats);
+      this.statsBuf = this.addon.alloc(this.statsFloats * 4);
+    }
+    return { buffer: this.statsBuf, numSeqs, layerFloats };
   }
 
   /** The step's statistics in the cpu executor's order: per sequence, per layer. */
@@ -297,6 +303,8 @@ export class CudaExecutor extends SelectingExecutor implements Executor {
     this.plan.release();
     if (this.qRot !== null) this.addon.free(this.qRot);
     this.qRot = null;
+    if (this.statsBuf !== null) this.addon.free(this.statsBuf);
+    this.statsBuf = null;
   }
 
   protected live(): GraphWeights {
