@@ -517,6 +517,34 @@ static napi_value pageScore(napi_env env, napi_callback_info info) {
 }
 
 /**
+ * Checks page lists per (listed sequence, KV head): `indptr` of seqs.size() * numKvHeads + 1
+ * offsets (`what` names that count in the error) from 0 to pages.length, non-decreasing, each
+ * list ascending logical pages of its sequence. Returns the longest list.
+ */
+static int checkPageLists(const StepPlan& plan, const std::vector<int>& seqs, const std::vector<int>& indptr, const std::vector<int>& pages,
+                          const char* what) {
+  const int H = plan.numKvHeads;
+  const size_t lists = seqs.size() * H;
+  if (indptr.size() != lists + 1 || indptr[0] != 0 || indptr[lists] != (int)pages.size())
+    throw ArgError(std::string("indptr: must be [") + what + " * numKvHeads + 1] = " + std::to_string(lists + 1) + " offsets from 0 to pages.length");
+  int maxCount = 0;
+  for (size_t i = 0; i < seqs.size(); i++) {
+    const int np = plan.hostPageCounts[seqs[i]];
+    for (int j = 0; j < H; j++) {
+      const size_t l = i * H + j;
+      const int lo = indptr[l], hi = indptr[l + 1];
+      if (hi < lo) throw ArgError("indptr[" + std::to_string(l + 1) + "]: must be non-decreasing");
+      maxCount = std::max(maxCount, hi - lo);
+      for (int k = lo; k < hi; k++)
+        if (pages[k] < 0 || pages[k] >= np || (k > lo && pages[k] <= pages[k - 1]))
+          throw ArgError("pages[" + std::to_string(k) + "]: must be ascending logical pages in [0, " + std::to_string(np) + ") of sequence " +
+                         std::to_string(seqs[i]) + ", got " + std::to_string(pages[k]));
+    }
+  }
+  return maxCount;
+}
+
+/**
  * decodeSelected(plan, { q, qStride?, k, v, kScale?, vScale? (int8), out, outStride?, scale?, seqs, indptr, pages, splits? }):
  * attention of sequence seqs[i]'s decode query over, per KV head j, the logical pages
  * pages[indptr[i * numKvHeads + j] .. indptr[i * numKvHeads + j + 1]) (ascending); rows of
@@ -530,23 +558,7 @@ static napi_value decodeSelected(napi_env env, napi_callback_info info) {
   const std::vector<int> pages = int32Array(env, prop(env, o, "pages"), "pages");
   const std::vector<int> rows = itemRows(*plan, seqs);
   const int H = plan->numKvHeads;
-  const size_t lists = seqs.size() * H;
-  if (indptr.size() != lists + 1 || indptr[0] != 0 || indptr[lists] != (int)pages.size())
-    throw ArgError("indptr: must be [seqs.length * numKvHeads + 1] = " + std::to_string(lists + 1) + " offsets from 0 to pages.length");
-  int maxCount = 0;
-  for (size_t i = 0; i < seqs.size(); i++) {
-    const int np = plan->hostPageCounts[seqs[i]];
-    for (int j = 0; j < H; j++) {
-      const size_t l = i * H + j;
-      const int lo = indptr[l], hi = indptr[l + 1];
-      if (hi < lo) throw ArgError("indptr[" + std::to_string(l + 1) + "]: must be non-decreasing");
-      maxCount = std::max(maxCount, hi - lo);
-      for (int k = lo; k < hi; k++)
-        if (pages[k] < 0 || pages[k] >= np || (k > lo && pages[k] <= pages[k - 1]))
-          throw ArgError("pages[" + std::to_string(k) + "]: must be ascending logical pages in [0, " + std::to_string(np) + ") of sequence " +
-                         std::to_string(seqs[i]) + ", got " + std::to_string(pages[k]));
-    }
-  }
+  const int maxCount = checkPageLists(*plan, seqs, indptr, pages, "seqs.length");
   const long requested = integer(env, o, "splits", 0);
   if (requested < 0) throw ArgError("splits: must be 0 (auto) or positive, got " + std::to_string(requested));
   DecodeArgs operands{};
@@ -600,21 +612,9 @@ static napi_value attentionStats(napi_env env, napi_callback_info info) {
   const std::vector<int> indptr = int32Array(env, prop(env, o, "indptr"), "indptr");
   const std::vector<int> pages = int32Array(env, prop(env, o, "pages"), "pages");
   const int S = plan->numSeqs, H = plan->numKvHeads;
-  const size_t lists = (size_t)S * H;
-  if (indptr.size() != lists + 1 || indptr[0] != 0 || indptr[lists] != (int)pages.size())
-    throw ArgError("indptr: must be [numSeqs * numKvHeads + 1] = " + std::to_string(lists + 1) + " offsets from 0 to pages.length");
-  for (int s = 0; s < S; s++) {
-    const int np = plan->hostPageCounts[s];
-    for (int j = 0; j < H; j++) {
-      const size_t l = (size_t)s * H + j;
-      const int lo = indptr[l], hi = indptr[l + 1];
-      if (hi < lo) throw ArgError("indptr[" + std::to_string(l + 1) + "]: must be non-decreasing");
-      for (int k = lo; k < hi; k++)
-        if (pages[k] < 0 || pages[k] >= np || (k > lo && pages[k] <= pages[k - 1]))
-          throw ArgError("pages[" + std::to_string(k) + "]: must be ascending logical pages in [0, " + std::to_string(np) + ") of sequence " +
-                         std::to_string(s) + ", got " + std::to_string(pages[k]));
-    }
-  }
+  std::vector<int> all(S);
+  for (int s = 0; s < S; s++) all[s] = s;
+  checkPageLists(*plan, all, indptr, pages, "numSeqs");
   const long hd = (long)plan->numQHeads * plan->headDim;
   StatsArgs a{};
   a.qStride = rowStride(env, o, "qStride", *plan);

@@ -11,15 +11,6 @@ namespace ts {
 
 constexpr int STATS_THREADS = 256;
 
-__device__ __forceinline__ float statsBlockMax(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warpMax(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  return warpMax(lane < nw ? scratch[lane] : -INFINITY);
-}
-
 /** q . k over one stored key row (int8: times the row's scale); `q` is in shared memory, pre-scaled. */
 template <typename KV>
 __device__ __forceinline__ float statsLogit(const float* q, const KV* __restrict__ k, const float* __restrict__ kScale, long row, int D) {
@@ -69,7 +60,7 @@ __global__ void __launch_bounds__(STATS_THREADS) headStatsKernel(StatsArgs a) {
     P[pos] = x;
     mx = fmaxf(mx, x);
   }
-  mx = statsBlockMax(mx, red);
+  mx = blockMax(mx, red);
   float sum = 0.f;
   for (int t = threadIdx.x; t < n; t += blockDim.x) {
     const int pos = position(t);

@@ -171,6 +171,16 @@ __device__ __forceinline__ float blockSum(float v, float* scratch) {
   return warpSum(t);
 }
 
+/** Max over the block (blockDim.x a multiple of 32, at most 1024); `scratch` holds 32 floats. */
+__device__ __forceinline__ float blockMax(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warpMax(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  return warpMax(lane < nw ? scratch[lane] : -INFINITY);
+}
+
 /** exp2 that maps -inf to 0 without producing NaN for (-inf) - (-inf). */
 __device__ __forceinline__ float safeScale(float m, float M) { return m == -INFINITY ? 0.f : exp2f(m - M); }
 

@@ -273,7 +273,8 @@ function attendSelected(
   if (!info.decodeOnly) be.addon.prefill(plan.handle, args);
   const lists = selectedLists(selection, step.numKvHeads, info.decodeOnly ? pageCounts(step.pageIndptr) : null);
   be.addon.decodeSelected(plan.handle, { ...args, ...lists });
-  if (state.stats !== null) recordStats(be, state, step, layer, queries, selectedLists(selection, step.numKvHeads, pageCounts(step.pageIndptr)));
+  // Statistics need every sequence's lists, which a decode-only step's launch already has.
+  if (state.stats !== null) recordStats(be, state, step, layer, queries, info.decodeOnly ? lists : selectedLists(selection, step.numKvHeads, pageCounts(step.pageIndptr)));
 }
 
 /** The policy route from the rotated queries on the device: scores when needed, the policy's choice in JavaScript, attention. */
