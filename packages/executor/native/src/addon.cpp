@@ -381,6 +381,14 @@ static std::function<void()> decodeCall(napi_env env, StepPlan* plan, napi_value
   s.scoreCounters = static_cast<int*>(plan->counters.ptr) + units;
   s.ready = s.scoreCounters + pairs;
   s.pairDone = s.ready + pairs;
+  if (plan->keepsAll && s.phases == 3 && s.trace == nullptr) {
+    // Every page is kept: nothing to score or select (the plan wrote the selection), and the
+    // dense kernel attends faster than the cooperative launch (H200, TinyLlama heads, batch 8,
+    // 2048 tokens, budget 2048: results/h200-2026-11-27-session6-bench.md).
+    DecodeArgs d = a;
+    d.numSplits = plan->denseSplits;
+    return [d, kv]() { launchDenseDecode(d, kv, stream()); };
+  }
   const int grid = plan->sparseGrid;
   const int warps = plan->sparseWarps;
   return [s, kv, warps, grid]() { launchSparseDecode(s, kv, warps, grid, stream()); };

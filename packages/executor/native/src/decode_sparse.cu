@@ -499,6 +499,21 @@ int sparseDecodeSmem(const KernelInfo& k, int groupSize, int headDim, int maxPag
   return std::max(k.smemBytes, std::max(score, select));
 }
 
+__global__ void selectAllKernel(const int* __restrict__ indptr, int numKvHeads, int maxPages, int* __restrict__ selected,
+                                int* __restrict__ selectedCount) {
+  const int pair = blockIdx.x, seq = pair / numKvHeads;
+  const int n = indptr[seq + 1] - indptr[seq];
+  for (int i = threadIdx.x; i < n; i += blockDim.x) selected[(long)pair * maxPages + i] = i;
+  if (threadIdx.x == 0) selectedCount[pair] = n;
+}
+
+void launchSelectAll(const int* pageIndptr, int numSeqs, int numKvHeads, int maxPages, int* selected, int* selectedCount,
+                     cudaStream_t stream) {
+  if (numSeqs == 0) return;
+  selectAllKernel<<<numSeqs * numKvHeads, 128, 0, stream>>>(pageIndptr, numKvHeads, maxPages, selected, selectedCount);
+  TS_CUDA(cudaGetLastError());
+}
+
 void launchSparseDecode(const SparseArgs& a, int kvDtype, int warps, int gridBlocks, cudaStream_t stream) {
   if (a.d.numSeqs == 0) return;
   const KernelInfo k = sparseDecodeKernel(kvDtype, a.d.headDim, a.d.headsPerCta, warps);

@@ -38,6 +38,14 @@ int sparseDecodeSmem(const KernelInfo& k, int groupSize, int headDim, int maxPag
 /** One cooperative launch: scores, selects, attends, merges. `gridBlocks` from the plan. */
 void launchSparseDecode(const SparseArgs& a, int kvDtype, int warps, int gridBlocks, cudaStream_t stream);
 
+/**
+ * The selection of a step whose every sequence keeps all its pages (topK >= pages): each
+ * (sequence, KV head)'s pages 0 .. n-1 and count n, as the fused kernel would write them, so
+ * that its attention can run on the dense kernel while readSelection / copySelection still see it.
+ */
+void launchSelectAll(const int* pageIndptr, int numSeqs, int numKvHeads, int maxPages, int* selected, int* selectedCount,
+                     cudaStream_t stream);
+
 /** Quest page scores summed in float64 in the TypeScript reference's order: bit-identical float32 results. */
 void launchPageScore(const PageScoreArgs& a, int maxPages, cudaStream_t stream);
 /** Query heads times head dim a page-score CTA stages in shared memory, at most. */

@@ -184,6 +184,7 @@ void StepPlan::update(const PlanParams& p) {
   denseSplits = chooseSplits(p.denseSplits, units, maxPages, p.minPagesPerSplit, denseTarget, decodePartialFloats(headDim, headsPerCta));
   sparseSplits = 1;
   sparseGrid = 0;
+  keepsAll = false;
   if (hasSparse) {
     int maxSel = 1;
     for (int s = 0; s < S; s++) {
@@ -225,6 +226,11 @@ void StepPlan::update(const PlanParams& p) {
     selected.ensure((size_t)pairs * this->maxPages * 4, false);
     selectedPhys.ensure((size_t)pairs * this->maxPages * 4, false);
     selectedCount.ensure((size_t)pairs * 4, false);
+    keepsAll = true;
+    for (int s = 0; s < S && keepsAll; s++) keepsAll = topk[s] >= p.pageIndptr[s + 1] - p.pageIndptr[s];
+    if (keepsAll && decodeOnly)
+      launchSelectAll(pageIndptr, S, numKvHeads, this->maxPages, static_cast<int*>(selected.ptr), static_cast<int*>(selectedCount.ptr),
+                      dev.stream);
   }
   const int slot = decodePartialFloats(headDim, headsPerCta);
   partial.ensure((size_t)units * std::max(denseSplits, sparseSplits) * slot * 4, false);
@@ -254,7 +260,7 @@ DecodeArgs StepPlan::decodeArgs(int splits) const {
 
 void StepPlan::release() {
   numSeqs = numTokens = numRuns = numBlocks = 0;
-  decodeOnly = hasSparse = false;
+  decodeOnly = hasSparse = keepsAll = false;
   ints.release();
   partial.release();
   counters.release();

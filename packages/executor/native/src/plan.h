@@ -41,6 +41,12 @@ struct StepPlan {
   int numSeqs = 0, numTokens = 0, numQHeads = 0, numKvHeads = 0, headDim = 0, pageSize = 0, kvDtype = 0;
   int groupSize = 0, headsPerCta = 0, headChunks = 0, maxPages = 0, sinkPages = 0;
   bool decodeOnly = false, hasSparse = false;
+  /**
+   * Every sequence keeps all its pages (topK >= its page count, e.g. a context within a token
+   * budget): the sparse decode runs the dense kernel, and the selection (all pages) is written
+   * once per step instead of by every layer's fused launch.
+   */
+  bool keepsAll = false;
   int denseSplits = 1, sparseSplits = 1, sparseGrid = 0, sparseSmem = 0, scoreChunk = 64, sparseWarps = 8;
   int numRuns = 0, numBlocks = 0, prefillHeads = 0, prefillChunks = 0;
   long kvPoolElems = 0;

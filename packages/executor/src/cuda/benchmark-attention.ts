@@ -217,8 +217,9 @@ export function benchmarkCudaAttention(params: CudaBenchmarkAttentionParams): Be
         pagesAttended = sel.pages.length;
         attendedTokens = 0;
         for (const li of sel.pages) attendedTokens += li === pagesPerSeq - 1 ? lastLen : ps;
-        // Metadata of every page, and the page scores written then read back for selection.
-        extra = setPages * Hk * D * 2 * metaBytes + 2 * setPages * Hk * 4;
+        // Metadata of every page, and the page scores written then read back for selection;
+        // none where every page is kept (nothing is scored, the dense kernel attends).
+        if (pagesAttended < setPages * Hk) extra = setPages * Hk * D * 2 * metaBytes + 2 * setPages * Hk * 4;
       }
       const bytes = attendedTokens * rowBytes + extra + 2 * B * Hq * D * 4;
       const gbps = bytes / (us * 1e-6) / 1e9;

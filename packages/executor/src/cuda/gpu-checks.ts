@@ -717,6 +717,12 @@ export function defaultScenarios(): AttentionScenario[] {
     { name: 'tied scores', numQHeads: 8, numKvHeads: 2, headDim: 32, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp32', history: [1200, 640], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, tiedKeys: true, seed: 8 },
     // Many splits merged at once, and splits with no pages at all (more splits than selected pages).
     { name: 'many splits', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [3000, 517, 0], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 0.5, tokenBudget: null, sinkPages: 1 }, denseSplits: 21, sparseSplits: 17, seed: 17 },
+    // One long sequence among short ones, and shorter sequences beside a long one under many splits.
+    { name: 'mixed lengths, one long sequence', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [40000, 0, 3, 17, 100, 5, 60, 1], newTokens: [1, 1, 1, 1, 1, 1, 1, 1], rope: true, selection: { selectionRatio: 0.3, tokenBudget: null, sinkPages: 1 }, seed: 28 },
+    { name: 'gpt2 mixed lengths, one long sequence', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [40000, 2, 30, 200, 9, 1, 70, 0], newTokens: [1, 1, 1, 1, 1, 1, 1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, seed: 29 },
+    // Every context within the budget: the plan writes the selection (all pages), the dense kernel attends.
+    { name: 'budget above every context', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [2000, 100, 700], newTokens: [1, 1, 1], rope: true, selection: { selectionRatio: 1, tokenBudget: 2048, sinkPages: 1 }, seed: 31 },
+    { name: 'mixed lengths, 9 splits', ...llama, pageSize: 16, kvDtype: 'fp16', metaDtype: 'fp16', history: [3000, 0, 150, 2500], newTokens: [1, 1, 1, 1], rope: true, selection: { selectionRatio: 0.3, tokenBudget: null, sinkPages: 1 }, denseSplits: 9, seed: 30 },
     { name: 'many splits, some empty', ...gpt2, pageSize: 16, kvDtype: 'fp32', metaDtype: 'fp32', history: [1000, 40], newTokens: [1, 1], rope: false, selection: { selectionRatio: 0.25, tokenBudget: null, sinkPages: 1 }, denseSplits: 35, sparseSplits: 100, seed: 18 },
     // Long contexts: many keys per selecting thread (2048 pages), exact ties among many pages,
     // and more pages than the selection stages in shared memory (4376).
