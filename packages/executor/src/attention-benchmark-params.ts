@@ -131,6 +131,11 @@ export interface BenchmarkAttentionResult {
    */
   scoreMicroseconds?: number;
   selectMicroseconds?: number;
+  /**
+   * cuda sparse only: attention alone over the same pages through the page-list kernel (the
+   * policy route's `decodeSelected`, lists from JavaScript), microseconds per call.
+   */
+  listedMicroseconds?: number;
   /** cuda sparse with `cuda.traceSparse`: one launch's timeline. */
   sparseTimeline?: SparseTimeline;
   attendMicroseconds?: number;

@@ -1,6 +1,7 @@
 // The Node-API surface of the addon (typed in src/cuda/addon-types.ts): device memory,
 // per-step plans, the attention kernels, the tfjs backend's ops, timing.
 #include <functional>
+#include <unordered_set>
 #include <vector>
 
 #include "device.h"
@@ -553,14 +554,11 @@ static int checkPageLists(const StepPlan& plan, const std::vector<int>& seqs, co
 }
 
 /**
- * decodeSelected(plan, { q, qStride?, k, v, kScale?, vScale? (int8), out, outStride?, scale?, seqs, indptr, pages, splits? }):
- * attention of sequence seqs[i]'s decode query over, per KV head j, the logical pages
- * pages[indptr[i * numKvHeads + j] .. indptr[i * numKvHeads + j + 1]) (ascending); rows of
- * other sequences in `out` are left alone. `splits` (optional) fixes the split count.
+ * The launch of one decodeSelected call, checked against the plan, its lists uploaded into the
+ * plan's list scratch now (so a timed replay launches the kernel alone; the lists stay valid
+ * until the plan's next list-taking call). An empty `seqs` launches nothing.
  */
-static napi_value decodeSelected(napi_env env, napi_callback_info info) {
-  StepPlan* plan = planOf(env, arg(env, info, 0));
-  napi_value o = arg(env, info, 1);
+static std::function<void()> selectedCall(napi_env env, StepPlan* plan, napi_value o) {
   const std::vector<int> seqs = int32Array(env, prop(env, o, "seqs"), "seqs");
   const std::vector<int> indptr = int32Array(env, prop(env, o, "indptr"), "indptr");
   const std::vector<int> pages = int32Array(env, prop(env, o, "pages"), "pages");
@@ -571,11 +569,18 @@ static napi_value decodeSelected(napi_env env, napi_callback_info info) {
   if (requested < 0) throw ArgError("splits: must be 0 (auto) or positive, got " + std::to_string(requested));
   DecodeArgs operands{};
   decodeOperands(env, o, *plan, operands);
-  if (seqs.empty()) return undefinedValue(env);
+  if (seqs.empty()) return []() {};
 
   const KernelInfo k = selectedDecodeKernel(plan->kvDtype, plan->headDim, plan->headsPerCta);
   const int units = (int)seqs.size() * H * plan->headChunks;
-  const int resident = device().props.multiProcessorCount * occupancy(k, k.smemBytes);
+#ifdef TS_SELECTED_EVERY_RESIDENT_CTA
+  const bool oneCtaPerSm = false;
+#else
+  // As dense decode: the fp16 tensor-core core streams faster with one CTA a SM (fewer, longer
+  // splits) although two fit (results/h200-2026-11-27-session6-bench.md).
+  const bool oneCtaPerSm = plan->kvDtype == KV_F16 && plan->headsPerCta == 16;
+#endif
+  const int resident = device().props.multiProcessorCount * (oneCtaPerSm ? 1 : occupancy(k, k.smemBytes));
   const int splits = chooseSplits((int)std::min<long>(requested, MAX_DECODE_SPLITS), units, maxCount, 8, resident,
                                   decodePartialFloats(plan->headDim, plan->headsPerCta));
   // Merge counters: the plan's first (numSeqs * numKvHeads * headChunks) >= units, zero between launches.
@@ -601,7 +606,18 @@ static napi_value decodeSelected(napi_env env, napi_callback_info info) {
   a.itemRow = d + seqs.size();
   a.listIndptr = d + 2 * seqs.size();
   a.listPages = a.listIndptr + indptr.size();
-  launchSelectedDecode(a, plan->kvDtype, stream());
+  const int kv = plan->kvDtype;
+  return [a, kv]() { launchSelectedDecode(a, kv, stream()); };
+}
+
+/**
+ * decodeSelected(plan, { q, qStride?, k, v, kScale?, vScale? (int8), out, outStride?, scale?, seqs, indptr, pages, splits? }):
+ * attention of sequence seqs[i]'s decode query over, per KV head j, the logical pages
+ * pages[indptr[i * numKvHeads + j] .. indptr[i * numKvHeads + j + 1]) (ascending); rows of
+ * other sequences in `out` are left alone. `splits` (optional) fixes the split count.
+ */
+static napi_value decodeSelected(napi_env env, napi_callback_info info) {
+  selectedCall(env, planOf(env, arg(env, info, 0)), arg(env, info, 1))();
   return undefinedValue(env);
 }
 
@@ -745,7 +761,7 @@ static napi_value prefill(napi_env env, napi_callback_info info) {
 }
 
 /**
- * timeCalls(calls: { op: 'dense' | 'sparse', plan, args }[], iterations, warmup): milliseconds
+ * timeCalls(calls: { op: 'dense' | 'sparse' | 'selected', plan, args }[], iterations, warmup): milliseconds
  * per round of all calls, by CUDA events: `eager` over rounds launched back to back from here,
  * `graph` over the same rounds replayed from a CUDA graph (no host launch cost; NaN when the
  * launches cannot be captured).
@@ -757,6 +773,7 @@ static napi_value timeCalls(napi_env env, napi_callback_info info) {
   uint32_t n;
   NAPI(napi_get_array_length(env, list, &n));
   std::vector<std::function<void()>> calls;
+  std::unordered_set<StepPlan*> listPlans;
   for (uint32_t i = 0; i < n; i++) {
     napi_value c;
     NAPI(napi_get_element(env, list, i, &c));
@@ -764,8 +781,17 @@ static napi_value timeCalls(napi_env env, napi_callback_info info) {
     size_t len;
     NAPI(napi_get_value_string_utf8(env, prop(env, c, "op"), op, sizeof op, &len));
     const std::string s(op);
-    if (s != "dense" && s != "sparse") throw ArgError("calls[" + std::to_string(i) + "].op: must be 'dense' or 'sparse'");
-    calls.push_back(decodeCall(env, planOf(env, prop(env, c, "plan")), prop(env, c, "args"), s == "sparse"));
+    StepPlan* plan = planOf(env, prop(env, c, "plan"));
+    if (s == "selected") {
+      // Each call's lists live in its plan's list scratch: a second one would replace them.
+      if (!listPlans.insert(plan).second)
+        throw ArgError("calls[" + std::to_string(i) + "]: a second 'selected' call on the same plan (give each its own plan)");
+      calls.push_back(selectedCall(env, plan, prop(env, c, "args")));
+    } else if (s == "dense" || s == "sparse") {
+      calls.push_back(decodeCall(env, plan, prop(env, c, "args"), s == "sparse"));
+    } else {
+      throw ArgError("calls[" + std::to_string(i) + "].op: must be 'dense', 'sparse' or 'selected'");
+    }
   }
   for (int w = 0; w < warmup; w++)
     for (auto& f : calls) f();

@@ -245,11 +245,13 @@ export interface AppendKvArgs {
 /** One layer's causal attention of every new token: the decode operands, one row per new token. */
 export type PrefillLayerArgs = DecodeLayerArgs;
 
-export interface TimedCall {
-  op: 'dense' | 'sparse';
-  plan: StepPlanHandle;
-  args: DecodeLayerArgs | SparseLayerArgs;
-}
+/**
+ * One call of `timeCalls`: `decodeDense`, `decodeSparse` or `decodeSelected` with these
+ * arguments (a 'selected' call's lists are uploaded once, before timing; one such call per plan).
+ */
+export type TimedCall =
+  | { op: 'dense' | 'sparse'; plan: StepPlanHandle; args: DecodeLayerArgs | SparseLayerArgs }
+  | { op: 'selected'; plan: StepPlanHandle; args: SelectedDecodeArgs };
 
 export interface GemmArgs {
   batch?: number;

@@ -176,7 +176,7 @@ export function benchmarkCudaAttention(params: CudaBenchmarkAttentionParams): Be
         mode.kind === 'sparse'
           ? selectionTopK(seqLens, ps, { selectionRatio: mode.selectionRatio ?? 1, tokenBudget: mode.tokenBudget ?? null })
           : undefined;
-      const calls: TimedCall[] = [];
+      const calls: Extract<TimedCall, { op: 'dense' | 'sparse' }>[] = [];
       let info: PlanInfo | null = null;
       for (let r = 0; r < rotations; r++) {
         const plan = new CudaStepPlan(addon);
@@ -207,6 +207,17 @@ export function benchmarkCudaAttention(params: CudaBenchmarkAttentionParams): Be
       const us = timed.gpu;
       const phaseUs = (phases: 1 | 2 | 5): number => perCall(addon.timeCalls(calls.map((c) => ({ ...c, args: { ...c.args, phases } })), rounds, 1)).gpu;
       const breakdown = mode.kind === 'sparse' ? { scoreMicroseconds: phaseUs(5), selectMicroseconds: phaseUs(1), attendMicroseconds: phaseUs(2) } : {};
+      // The policy route's attention (decodeSelected, page lists from JavaScript) over the same
+      // pages: each plan's own selection, uploaded once before timing.
+      const listedUs = (): number => {
+        const seqs = Int32Array.from({ length: B }, (_, s) => s);
+        const listCalls: TimedCall[] = calls.map((c) => {
+          const sel = addon.readSelection(c.plan);
+          return { op: 'selected', plan: c.plan, args: { q, k, v, kScale, vScale, out, seqs, indptr: sel.indptr, pages: sel.pages } };
+        });
+        return perCall(addon.timeCalls(listCalls, rounds, warmup)).gpu;
+      };
+      const listed = mode.kind === 'sparse' ? { listedMicroseconds: listedUs() } : {};
       const last = calls[calls.length - 1];
       const timeline = mode.kind === 'sparse' && params.traceSparse ? { sparseTimeline: traceSparseLaunch(addon, last.plan, last.args as SparseLayerArgs, B * Hk) } : {};
       let attendedTokens = B * N * Hk;
@@ -249,6 +260,7 @@ export function benchmarkCudaAttention(params: CudaBenchmarkAttentionParams): Be
         iterations: rounds * rotations,
         plan: info!,
         ...breakdown,
+        ...listed,
         ...timeline,
       });
     }

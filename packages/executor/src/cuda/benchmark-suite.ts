@@ -94,7 +94,8 @@ export function runAttentionSuite(opts: SuiteOptions): SuiteResult {
           rows.push(row);
           const split =
             row.selectMicroseconds !== undefined
-              ? ` [score ${row.scoreMicroseconds!.toFixed(1)}, +select ${row.selectMicroseconds.toFixed(1)}; attend ${row.attendMicroseconds!.toFixed(1)}]`
+              ? ` [score ${row.scoreMicroseconds!.toFixed(1)}, +select ${row.selectMicroseconds.toFixed(1)}; attend ${row.attendMicroseconds!.toFixed(1)}` +
+                (row.listedMicroseconds !== undefined ? `; as page lists ${row.listedMicroseconds.toFixed(1)}]` : ']')
               : '';
           log(
             `${row.shape} b${batchSize} n${inputSize} ${row.mode}: ${row.microseconds.toFixed(1)} us${split}, ${row.gbPerSecond.toFixed(0)} GB/s ` +
