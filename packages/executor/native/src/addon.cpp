@@ -1,6 +1,7 @@
 // The Node-API surface of the addon (typed in src/cuda/addon-types.ts): device memory,
 // per-step plans, the attention kernels, the tfjs backend's ops, timing.
 #include <functional>
+#include <initializer_list>
 #include <unordered_set>
 #include <vector>
 
@@ -469,11 +470,22 @@ static std::vector<int> itemRows(const StepPlan& plan, const std::vector<int>& s
   return rows;
 }
 
-/** Uploads the concatenated lists into the plan's list scratch (stream-ordered after earlier readers). */
-static int* uploadLists(StepPlan* plan, const std::vector<int>& host) {
-  int* d = static_cast<int*>(plan->lists.ensure(std::max<size_t>(host.size(), 1) * 4, false));
-  if (!host.empty()) TS_CUDA(cudaMemcpyAsync(d, host.data(), host.size() * 4, cudaMemcpyHostToDevice, stream()));
-  return d;
+/**
+ * Uploads the lists, concatenated, into the plan's list scratch (stream-ordered after earlier
+ * readers); returns where each one starts on the device.
+ */
+static std::vector<const int*> uploadLists(StepPlan* plan, std::initializer_list<const std::vector<int>*> parts) {
+  std::vector<int> host;
+  for (const auto* v : parts) host.insert(host.end(), v->begin(), v->end());
+  int* base = static_cast<int*>(plan->lists.ensure(std::max<size_t>(host.size(), 1) * 4, false));
+  if (!host.empty()) TS_CUDA(cudaMemcpyAsync(base, host.data(), host.size() * 4, cudaMemcpyHostToDevice, stream()));
+  const int* d = base;
+  std::vector<const int*> at;
+  for (const auto* v : parts) {
+    at.push_back(d);
+    d += v->size();
+  }
+  return at;
 }
 
 /**
@@ -512,13 +524,10 @@ static napi_value pageScore(napi_env env, napi_callback_info info) {
   a.aggregateSum = flag(env, o, "aggregateSum") ? 1 : 0;
   if (seqs.empty()) return undefinedValue(env);
   if ((long)a.numItems * a.numKvHeads > 65535) throw ArgError("seqs: seqs.length * numKvHeads must be at most 65535");
-  std::vector<int> host(seqs);
-  host.insert(host.end(), rows.begin(), rows.end());
-  host.insert(host.end(), offs.begin(), offs.end());
-  const int* d = uploadLists(plan, host);
-  a.itemSeq = d;
-  a.itemRow = d + seqs.size();
-  a.itemOut = d + 2 * seqs.size();
+  const auto d = uploadLists(plan, {&seqs, &rows, &offs});
+  a.itemSeq = d[0];
+  a.itemRow = d[1];
+  a.itemOut = d[2];
   a.pageIndptr = plan->pageIndptr;
   a.pageIndices = plan->pageIndices;
   launchPageScore(a, maxPages, stream());
@@ -573,14 +582,8 @@ static std::function<void()> selectedCall(napi_env env, StepPlan* plan, napi_val
 
   const KernelInfo k = selectedDecodeKernel(plan->kvDtype, plan->headDim, plan->headsPerCta);
   const int units = (int)seqs.size() * H * plan->headChunks;
-#ifdef TS_SELECTED_EVERY_RESIDENT_CTA
-  const bool oneCtaPerSm = false;
-#else
-  // As dense decode: the fp16 tensor-core core streams faster with one CTA a SM (fewer, longer
-  // splits) although two fit (results/h200-2026-11-27-session6-bench.md).
-  const bool oneCtaPerSm = plan->kvDtype == KV_F16 && plan->headsPerCta == 16;
-#endif
-  const int resident = device().props.multiProcessorCount * (oneCtaPerSm ? 1 : occupancy(k, k.smemBytes));
+  // Split as dense decode does (results/h200-2026-11-27-session6-bench.md).
+  const int resident = decodeTargetCtas(k, plan->kvDtype, plan->headsPerCta);
   const int splits = chooseSplits((int)std::min<long>(requested, MAX_DECODE_SPLITS), units, maxCount, 8, resident,
                                   decodePartialFloats(plan->headDim, plan->headsPerCta));
   // Merge counters: the plan's first (numSeqs * numKvHeads * headChunks) >= units, zero between launches.
@@ -597,15 +600,11 @@ static std::function<void()> selectedCall(napi_env env, StepPlan* plan, napi_val
   a.d.kScale = operands.kScale;
   a.d.vScale = operands.vScale;
   a.d.scaleLog2 = operands.scaleLog2;
-  std::vector<int> host(seqs);
-  host.insert(host.end(), rows.begin(), rows.end());
-  host.insert(host.end(), indptr.begin(), indptr.end());
-  host.insert(host.end(), pages.begin(), pages.end());
-  const int* d = uploadLists(plan, host);
-  a.itemSeq = d;
-  a.itemRow = d + seqs.size();
-  a.listIndptr = d + 2 * seqs.size();
-  a.listPages = a.listIndptr + indptr.size();
+  const auto d = uploadLists(plan, {&seqs, &rows, &indptr, &pages});
+  a.itemSeq = d[0];
+  a.itemRow = d[1];
+  a.listIndptr = d[2];
+  a.listPages = d[3];
   const int kv = plan->kvDtype;
   return [a, kv]() { launchSelectedDecode(a, kv, stream()); };
 }
@@ -675,15 +674,11 @@ static napi_value attentionStats(napi_env env, napi_callback_info info) {
   float* scratch = static_cast<float*>(plan->stats.ensure((size_t)heads * (maxLen + 1) * 4, false));
   a.headEntropy = scratch;
   a.probs = scratch + heads;
-  std::vector<int> host(rows);
-  host.insert(host.end(), massOffset.begin(), massOffset.end());
-  host.insert(host.end(), indptr.begin(), indptr.end());
-  host.insert(host.end(), pages.begin(), pages.end());
-  const int* d = uploadLists(plan, host);
-  a.rows = d;
-  a.massOffset = d + S;
-  a.listIndptr = d + 2 * S;
-  a.listPages = a.listIndptr + indptr.size();
+  const auto d = uploadLists(plan, {&rows, &massOffset, &indptr, &pages});
+  a.rows = d[0];
+  a.massOffset = d[1];
+  a.listIndptr = d[2];
+  a.listPages = d[3];
   launchAttentionStats(a, plan->kvDtype, maxLen, stream());
   return undefinedValue(env);
 }

@@ -160,26 +160,21 @@ __device__ __forceinline__ float warpSum(float v) {
   return v;
 }
 
-/** Sum over the block (blockDim.x a multiple of 32, at most 1024); `scratch` holds 32 floats. */
-__device__ __forceinline__ float blockSum(float v, float* scratch) {
+/**
+ * Reduces over the block with the warp reduction `WarpOp` (blockDim.x a multiple of 32, at most
+ * 1024); `scratch` holds 32 floats, `identity` stands in for the warps the block lacks.
+ */
+template <float (*WarpOp)(float)>
+__device__ __forceinline__ float blockReduce(float v, float* scratch, float identity) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warpSum(v);
+  v = WarpOp(v);
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float t = lane < nw ? scratch[lane] : 0.f;
-  return warpSum(t);
+  return WarpOp(lane < nw ? scratch[lane] : identity);
 }
-
-/** Max over the block (blockDim.x a multiple of 32, at most 1024); `scratch` holds 32 floats. */
-__device__ __forceinline__ float blockMax(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warpMax(v);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  return warpMax(lane < nw ? scratch[lane] : -INFINITY);
-}
+__device__ __forceinline__ float blockSum(float v, float* scratch) { return blockReduce<warpSum>(v, scratch, 0.f); }
+__device__ __forceinline__ float blockMax(float v, float* scratch) { return blockReduce<warpMax>(v, scratch, -INFINITY); }
 
 /** exp2 that maps -inf to 0 without producing NaN for (-inf) - (-inf). */
 __device__ __forceinline__ float safeScale(float m, float M) { return m == -INFINITY ? 0.f : exp2f(m - M); }

@@ -17,6 +17,16 @@ int occupancy(const KernelInfo& k, int smem) {
   return std::max(blocks, 1);
 }
 
+int decodeTargetCtas(const KernelInfo& k, int kvDtype, int headsPerCta) {
+  // The fp16 tensor-core core splits for one CTA a SM although two fit: fewer, longer splits
+  // stream faster than twice as many sharing each SM (H200, TinyLlama heads, same run: batch 8
+  // 77.0 -> 72.7 us at 32K, 17.3 -> 15.7 at 4K; batch 32 280.0 -> 261.5 at 32K; over page lists
+  // 11.6 -> 9.9 us at batch 8, 32K). GPT-2's CUDA-core core and int8 keep every resident CTA
+  // (GPT2 heads batch 8, 32K: 243.1 against 284.0 us).
+  const int sms = device().props.multiProcessorCount;
+  return kvDtype == KV_F16 && headsPerCta == 16 ? sms : sms * occupancy(k, k.smemBytes);
+}
+
 /**
  * Splits per unit (sequence, KV head, head chunk). Units do equal work, so the count that
  * fills whole waves of `resident` CTAs wins (a second, partly filled wave costs as much as a
@@ -175,12 +185,7 @@ void StepPlan::update(const PlanParams& p) {
   const DeviceState& dev = device();
   const int units = S * numKvHeads * headChunks;
   const KernelInfo dk = denseDecodeKernel(kvDtype, headDim, headsPerCta);
-  // The fp16 tensor-core core splits for one CTA a SM although two fit: fewer, longer splits
-  // stream faster than twice as many sharing each SM (H200, TinyLlama heads, same run: batch 8
-  // 77.0 -> 72.7 us at 32K, 17.3 -> 15.7 at 4K; batch 32 280.0 -> 261.5 at 32K). GPT-2's
-  // CUDA-core core keeps every resident CTA (batch 8, 32K: 243.1 against 284.0 us).
-  const bool oneCtaPerSm = kvDtype == KV_F16 && headsPerCta == 16;
-  const int denseTarget = p.targetCtas > 0 ? p.targetCtas : dev.props.multiProcessorCount * (oneCtaPerSm ? 1 : occupancy(dk, dk.smemBytes));
+  const int denseTarget = p.targetCtas > 0 ? p.targetCtas : decodeTargetCtas(dk, kvDtype, headsPerCta);
   denseSplits = chooseSplits(p.denseSplits, units, maxPages, p.minPagesPerSplit, denseTarget, decodePartialFloats(headDim, headsPerCta));
   sparseSplits = 1;
   sparseGrid = 0;

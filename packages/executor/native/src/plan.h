@@ -12,6 +12,11 @@ namespace ts {
 struct KernelInfo;
 /** Resident CTAs per SM of a kernel launched with `smem` bytes of dynamic shared memory. */
 int occupancy(const KernelInfo& k, int smem);
+/**
+ * CTAs a decode launch (dense, or over page lists) splits its work for: one a SM for the fp16
+ * tensor-core core, every resident CTA otherwise (see plan.cpp).
+ */
+int decodeTargetCtas(const KernelInfo& k, int kvDtype, int headsPerCta);
 /** Decode splits per unit (see plan.cpp): `requested` when positive, else whole waves of `resident` CTAs. */
 int chooseSplits(int requested, int units, int maxWork, int minPages, int resident, int slotFloats);
 
